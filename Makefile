@@ -1,0 +1,20 @@
+# Two commands on a fresh Debian 12 machine with Python 3.11:
+#   make run    the DAG once end to end (airflow dags test, SQLite, local Redis with RedisJSON)
+#   make test   the test suite (starts its own Redis with RedisJSON on a free port)
+.PHONY: run test setup lint clean
+
+run: setup
+	scripts/run_local.sh
+
+test: setup
+	scripts/run_tests.sh
+
+setup:
+	scripts/setup.sh
+
+lint: setup
+	.venv/bin/ruff check recsys_tasks dags plugins tests
+
+clean:
+	-.venv/bin/python -m recsys_tasks.local_redis stop --dir .redis
+	rm -rf .airflow .airflow.* .redis artifacts

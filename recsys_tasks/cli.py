@@ -1,0 +1,153 @@
+"""``python -m recsys_tasks <stage> --run-dir DIR``: every stage runnable without Airflow.
+
+``run`` runs all six stages in order; ``fetch USER_ID`` prints one published document. Redis is
+reached through ``--redis-url`` (default: the ``RECSYS_REDIS_URL`` environment variable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import STAGES
+from .config import Config, load_config
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def stage_functions() -> dict[str, Any]:
+    from .data import generate_data
+    from .ranking import fit_ranking
+    from .retrieval import fit_retrieval
+    from .scoring import score
+    from .transform import transform
+
+    return {
+        "generate_data": generate_data,
+        "transform": transform,
+        "fit_retrieval": fit_retrieval,
+        "fit_ranking": fit_ranking,
+        "score": score,
+    }
+
+
+def run_stage(name: str, config: Config, run_dir: Path, *, redis_client: Any = None, run_id: str = "manual",
+              logical_date: str = "") -> dict[str, Any]:
+    if name == "load_redis":
+        from .store import load_redis
+
+        if redis_client is None:
+            raise ValueError("the load_redis stage needs a Redis client")
+        return load_redis(config, run_dir, redis_client, run_id=run_id, logical_date=logical_date)
+    return stage_functions()[name](config, run_dir)
+
+
+def _parse_sets(pairs: Sequence[str]) -> dict[str, str]:
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def _redis(url: str) -> Any:
+    import redis
+
+    return redis.Redis.from_url(url)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recsys_tasks", description=__doc__)
+    parser.add_argument("command", choices=[*STAGES, "run", "fetch", "show"])
+    parser.add_argument("user_id", nargs="?", type=int, help="raw user id (fetch only)")
+    parser.add_argument("--run-dir", type=Path, help="the run's artifact directory")
+    parser.add_argument("--config", type=Path, help="YAML file with config overrides")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key, e.g. --set scoring.top_k=50 (repeatable)")
+    parser.add_argument("--redis-url", default=os.environ.get("RECSYS_REDIS_URL", DEFAULT_REDIS_URL))
+    parser.add_argument("--run-id", default="manual", help="run id written into the documents")
+    parser.add_argument("--logical-date", default="", help="logical date written into the documents")
+    parser.add_argument("--dag-id", default="offline_batch_recsys", help="show: DAG whose runs live under the root")
+    parser.add_argument("--expect-logical-date", default="", help="show: fail unless the manifest names this date")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    config = load_config(args.config, overrides=_parse_sets(args.set))
+    if args.command == "fetch":
+        if args.user_id is None:
+            parser.error("fetch needs a USER_ID")
+        from .store import fetch
+
+        doc = fetch(_redis(args.redis_url), args.user_id, config.store)
+        print(json.dumps(doc))
+        return 0 if doc is not None else 1
+    if args.command == "show":
+        return show(config, _redis(args.redis_url), args.dag_id, args.expect_logical_date)
+    if args.run_dir is None:
+        parser.error(f"{args.command} needs --run-dir")
+    names = STAGES if args.command == "run" else (args.command,)
+    client = _redis(args.redis_url) if "load_redis" in names else None
+    for name in names:
+        summary = run_stage(name, config, args.run_dir, redis_client=client, run_id=args.run_id,
+                            logical_date=args.logical_date)
+        print(json.dumps(summary, default=str))
+    return 0
+
+
+def show(config: Config, client: Any, dag_id: str, expect_logical_date: str) -> int:
+    """Print the published run's summary; exit 1 unless the manifest names the expected run."""
+    from datetime import datetime
+
+    from .paths import RunPaths, run_dir_for
+    from .store import read_manifest
+
+    manifest = read_manifest(client, config.store)
+    if manifest is None:
+        print(f"no manifest at {config.store.manifest_key}: nothing has been published", file=sys.stderr)
+        return 1
+    if expect_logical_date and (
+        not manifest.get("logical_date")
+        or datetime.fromisoformat(manifest["logical_date"]) != datetime.fromisoformat(expect_logical_date)
+    ):
+        print(f"the manifest names logical date {manifest.get('logical_date')!r}, not {expect_logical_date!r}",
+              file=sys.stderr)
+        return 1
+    paths = RunPaths(run_dir_for(config.artifact_root, dag_id, manifest["run_id"]))
+    summaries = {
+        name: json.loads(paths.summary(name).read_text()) for name in STAGES if paths.summary(name).exists()
+    }
+    print(f"run {manifest['run_id']}  ({paths.root})")
+    print(f"{'stage':<15}{'device':<8}{'seconds':>9}  result")
+    for name, summary in summaries.items():
+        print(f"{name:<15}{summary.get('device', ''):<8}{summary.get('seconds', 0):>9.1f}  {_headline(summary)}")
+    print(f"manifest {config.store.manifest_key}: {json.dumps(manifest)}")
+    return 0
+
+
+def _headline(summary: dict[str, Any]) -> str:
+    stage = summary["stage"]
+    if stage == "generate_data":
+        return ", ".join(f"{k}: {v['rows']} rows / {v['users']} users" for k, v in summary["splits"].items())
+    if stage == "transform":
+        return f"rows {summary['rows']}"
+    if stage in ("fit_retrieval", "fit_ranking"):
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in summary["metrics"].items())
+        extra = f", {summary['users']} users x {summary['items']} items" if "users" in summary else ""
+        return f"{metrics}, loss/epoch {summary['loss_per_epoch']}{extra}"
+    if stage == "score":
+        return (f"{summary['users']} users, K={summary['top_k']} N={summary['top_n']}, "
+                f"{summary['users_per_s']} users/s, short lists {summary['short_lists']}")
+    if stage == "load_redis":
+        return f"{summary['users']} documents, {summary['keys_per_s']} keys/s, ~{summary['avg_document_bytes']} B each"
+    return ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

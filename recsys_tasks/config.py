@@ -1,0 +1,237 @@
+"""One configuration tree for the whole pipeline.
+
+Defaults live here; a YAML file, ``RECSYS__SECTION__FIELD`` environment variables and DAG params
+(dotted keys such as ``"scoring.top_k"``) override them, in that order. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "RECSYS__"
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that the pipeline cannot use."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Stage 1: synthetic Ali-CCP raw data."""
+
+    source: str = "merlin"
+    """Generator: ``merlin`` is Merlin's ``generate_data("aliccp-raw", ...)``."""
+    num_rows: int = 100_000
+    """Impressions generated (train + valid)."""
+    valid_fraction: float = 0.3
+    """Share of rows held out for validation (the notebook uses 0.3)."""
+    seed: int = 42
+    """Seed for the generator, so a rerun of the same run reproduces its data."""
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """Stage 3: Two-Tower retrieval model (merlin-models ``TwoTowerModelV2``, in-batch negatives)."""
+
+    tower_dims: tuple[int, ...] = (128, 64)
+    """MLP layers of each tower; the last one is the embedding size."""
+    optimizer: str = "adam"
+    batch_size_rows: int = 4096
+    epochs: int = 2
+    eval_k: int = 10
+    """Cut-off of the full-catalog recall/ndcg evaluation."""
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class RankingConfig:
+    """Stage 4: DLRM ranking model (merlin-models ``DLRMModel``)."""
+
+    embedding_dim: int = 64
+    bottom_dims: tuple[int, ...] = (128, 64)
+    top_dims: tuple[int, ...] = (128, 64, 32)
+    optimizer: str = "adam"
+    batch_size_rows: int = 16 * 1024
+    epochs: int = 3
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """Stage 5: retrieve K candidates per user, drop seen items, rank, keep N."""
+
+    top_k: int = 100
+    """Candidates retrieved per user by dot product over the whole catalog."""
+    top_n: int = 20
+    """Length of each published list."""
+    user_chunk_size: int = 4096
+    """Users retrieved per matrix product (bounds memory: chunk x catalog scores)."""
+    rank_batch_rows: int = 65_536
+    """(user, item) pairs per DLRM call."""
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Stage 6: RedisJSON documents."""
+
+    key_prefix: str = "USER:"
+    """Documents live at ``<key_prefix><raw user id>``, as in the notebook."""
+    manifest_key: str = "RECSYS:MANIFEST"
+    """Written after the last document of a run: run id, user count, time."""
+    ttl_s: int = 3 * 24 * 3600
+    """Every document expires after this many seconds unless a later run rewrites it."""
+    pipeline_chunk_keys: int = 2000
+    """Documents sent per pipelined round trip."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole pipeline's settings."""
+
+    artifact_root: str = "artifacts"
+    """Each run writes under ``<artifact_root>/<dag_id>/<run_id>/``."""
+    data: DataConfig = field(default_factory=DataConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    ranking: RankingConfig = field(default_factory=RankingConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def with_overrides(self, overrides: Mapping[str, Any], *, origin: str = "overrides") -> Config:
+        """Return a copy with dotted keys (``"scoring.top_k"``) or nested dicts applied."""
+        flat = _flatten(overrides)
+        sections: dict[str, dict[str, Any]] = {}
+        top: dict[str, Any] = {}
+        for key, value in flat.items():
+            section, _, name = key.rpartition(".")
+            target = _field_type(self, section, name, key, origin)
+            value = _coerce(value, target, key, origin)
+            if section:
+                sections.setdefault(section, {})[name] = value
+            else:
+                top[name] = value
+        replaced = {s: dataclasses.replace(getattr(self, s), **v) for s, v in sections.items()}
+        return dataclasses.replace(self, **top, **replaced)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Defaults, then the YAML file, then ``RECSYS__*`` environment variables, then ``overrides``."""
+    config = Config()
+    if path is not None:
+        config = config.with_overrides(_read_yaml(Path(path)), origin=str(path))
+    env = os.environ if environ is None else environ
+    from_env = {
+        k[len(ENV_PREFIX):].lower().replace("__", "."): v
+        for k, v in env.items()
+        if k.startswith(ENV_PREFIX)
+    }
+    if from_env:
+        config = config.with_overrides(from_env, origin="environment")
+    if overrides:
+        config = config.with_overrides(overrides, origin="params")
+    return config
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    with path.open() as fh:
+        loaded = yaml.safe_load(fh) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
+    return loaded
+
+
+def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _field_type(config: Config, section: str, name: str, key: str, origin: str) -> type:
+    owner: Any = config
+    if section:
+        if section not in {f.name for f in dataclasses.fields(Config)} or not dataclasses.is_dataclass(
+            getattr(config, section)
+        ):
+            raise ConfigError(f"{origin}: unknown config section {section!r} in key {key!r}")
+        owner = getattr(config, section)
+    fields = {f.name: f for f in dataclasses.fields(owner)}
+    if name not in fields or dataclasses.is_dataclass(getattr(owner, name)):
+        known = ", ".join(sorted(f for f in fields if not dataclasses.is_dataclass(getattr(owner, f))))
+        raise ConfigError(f"{origin}: unknown config key {key!r} (known here: {known})")
+    return type(getattr(owner, name))
+
+
+def _coerce(value: Any, target: type, key: str, origin: str) -> Any:
+    """Turn YAML/env/param values into the field's type, refusing what does not fit."""
+    try:
+        if target is tuple:
+            if isinstance(value, str):
+                value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+            return tuple(int(v) for v in value)
+        if target is bool:
+            if isinstance(value, str):
+                return value.strip().lower() in {"1", "true", "yes", "on"}
+            return bool(value)
+        if target is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError("not a whole number")
+            if isinstance(value, bool):
+                raise ValueError("a boolean is not a number")
+            return int(value)
+        return target(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"{origin}: config key {key!r} expects {target.__name__}, got {value!r} ({exc})"
+        ) from None
+
+
+def _validate(config: Config) -> None:
+    checks = [
+        (config.data.num_rows > 0, f"data.num_rows must be > 0, got {config.data.num_rows}"),
+        (
+            0.0 < config.data.valid_fraction < 1.0,
+            f"data.valid_fraction must be in (0, 1), got {config.data.valid_fraction}",
+        ),
+        (config.data.source in {"merlin"}, f"data.source must be 'merlin', got {config.data.source!r}"),
+        (config.retrieval.epochs >= 1, f"retrieval.epochs must be >= 1, got {config.retrieval.epochs}"),
+        (config.ranking.epochs >= 1, f"ranking.epochs must be >= 1, got {config.ranking.epochs}"),
+        (config.retrieval.batch_size_rows > 0, "retrieval.batch_size_rows must be > 0"),
+        (config.ranking.batch_size_rows > 0, "ranking.batch_size_rows must be > 0"),
+        (len(config.retrieval.tower_dims) >= 1, "retrieval.tower_dims needs at least one layer"),
+        (config.scoring.top_n >= 1, f"scoring.top_n must be >= 1, got {config.scoring.top_n}"),
+        (
+            config.scoring.top_k >= config.scoring.top_n,
+            f"scoring.top_k ({config.scoring.top_k}) must be >= scoring.top_n ({config.scoring.top_n})",
+        ),
+        (config.scoring.user_chunk_size > 0, "scoring.user_chunk_size must be > 0"),
+        (config.scoring.rank_batch_rows > 0, "scoring.rank_batch_rows must be > 0"),
+        (config.store.ttl_s > 0, f"store.ttl_s must be > 0, got {config.store.ttl_s}"),
+        (config.store.pipeline_chunk_keys > 0, "store.pipeline_chunk_keys must be > 0"),
+        (bool(config.store.key_prefix), "store.key_prefix must not be empty"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

@@ -1,0 +1,140 @@
+"""Where each run's artifacts live: one directory per run, one sub-directory per stage.
+
+Every stage reads its inputs and writes its outputs through :class:`RunPaths`, so the layout is
+defined in one place and a rerun of a stage overwrites only its own directory.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class MissingArtifactError(FileNotFoundError):
+    """An earlier stage's output is not in the run directory."""
+
+
+def run_dir_for(artifact_root: str | Path, dag_id: str, run_id: str) -> Path:
+    """``<artifact_root>/<dag_id>/<run_id>`` with the run id made safe for file systems."""
+    safe_run_id = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("_")
+    if not safe_run_id:
+        raise ValueError(f"run id {run_id!r} has no usable characters for a directory name")
+    return Path(artifact_root) / dag_id / safe_run_id
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    # stage 1
+    @property
+    def raw(self) -> Path:
+        return self.root / "raw"
+
+    @property
+    def raw_train(self) -> Path:
+        return self.raw / "train"
+
+    @property
+    def raw_valid(self) -> Path:
+        return self.raw / "valid"
+
+    # stage 2
+    @property
+    def processed(self) -> Path:
+        return self.root / "processed"
+
+    @property
+    def categories(self) -> Path:
+        return self.processed / "categories"
+
+    @property
+    def workflow(self) -> Path:
+        return self.processed / "workflow"
+
+    @property
+    def train(self) -> Path:
+        return self.processed / "train"
+
+    @property
+    def valid(self) -> Path:
+        return self.processed / "valid"
+
+    @property
+    def retrieval_train(self) -> Path:
+        return self.processed / "retrieval" / "train"
+
+    @property
+    def retrieval_valid(self) -> Path:
+        return self.processed / "retrieval" / "valid"
+
+    # stage 3
+    @property
+    def retrieval(self) -> Path:
+        return self.root / "retrieval"
+
+    @property
+    def query_tower(self) -> Path:
+        return self.retrieval / "query_tower"
+
+    @property
+    def user_features(self) -> Path:
+        return self.retrieval / "user_features.parquet"
+
+    @property
+    def item_features(self) -> Path:
+        return self.retrieval / "item_features.parquet"
+
+    @property
+    def user_embeddings(self) -> Path:
+        return self.retrieval / "user_embeddings.parquet"
+
+    @property
+    def item_embeddings(self) -> Path:
+        return self.retrieval / "item_embeddings.parquet"
+
+    # stage 4
+    @property
+    def ranking(self) -> Path:
+        return self.root / "ranking"
+
+    @property
+    def dlrm(self) -> Path:
+        return self.ranking / "dlrm"
+
+    # stage 5
+    @property
+    def scoring(self) -> Path:
+        return self.root / "scoring"
+
+    @property
+    def recommendations(self) -> Path:
+        return self.scoring / "recommendations.parquet"
+
+    # stage 6
+    @property
+    def load(self) -> Path:
+        return self.root / "load"
+
+    def summary(self, stage: str) -> Path:
+        return self.root / "summaries" / f"{stage}.json"
+
+    def fresh(self, directory: Path) -> Path:
+        """Empty ``directory`` (a stage's own output) so a rerun leaves no stale files behind."""
+        if not directory.resolve().is_relative_to(self.root.resolve()):
+            raise ValueError(f"refusing to clear {directory}: outside the run directory {self.root}")
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True)
+        return directory
+
+
+def require(path: Path, produced_by: str) -> Path:
+    """Fail with a message naming the missing file and the stage that should have written it."""
+    if not path.exists():
+        raise MissingArtifactError(
+            f"{path} is missing: it is written by the {produced_by!r} stage; run that stage first"
+        )
+    return path

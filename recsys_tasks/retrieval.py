@@ -1,0 +1,137 @@
+"""Stage 3: the notebook's Two-Tower retrieval model (``TwoTowerModelV2``, in-batch negatives).
+
+Trains on clicks, evaluates recall/ndcg over the full item catalog through a top-k encoder, and
+exports the query tower, user and item feature tables and user and item embeddings for scoring.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .common import get_logger, quiet_tensorflow, seed_everything, stage
+from .config import Config, RetrievalConfig
+from .features import build_feature_tables
+from .paths import RunPaths, require
+from .transform import RAW_ID_COLUMNS, TARGET
+
+log = get_logger("fit_retrieval")
+
+EVAL_BATCH_ROWS = 1024
+
+
+def model_schema(dataset: Any) -> Any:
+    """User and item features of the processed data, without raw ids and target (as in the notebook)."""
+    from merlin.schema.tags import Tags
+
+    return dataset.schema.select_by_tag([Tags.ITEM_ID, Tags.USER_ID, Tags.ITEM, Tags.USER]).without(
+        [*RAW_ID_COLUMNS, TARGET]
+    )
+
+
+def build_two_tower(schema: Any, settings: RetrievalConfig) -> Any:
+    import merlin.models.tf as mm
+    from merlin.schema.tags import Tags
+
+    def tower(tag: Any) -> Any:
+        return mm.Encoder(
+            mm.InputBlockV2(schema.select_by_tag(tag)),
+            mm.MLPBlock(list(settings.tower_dims), no_activation_last_layer=True),
+        )
+
+    model = mm.TwoTowerModelV2(tower(Tags.USER), tower(Tags.ITEM))
+    model.compile(
+        optimizer=settings.optimizer,
+        run_eagerly=False,
+        loss="categorical_crossentropy",
+        metrics=[mm.RecallAt(settings.eval_k), mm.NDCGAt(settings.eval_k)],
+    )
+    return model
+
+
+def encode(encoder: Any, table: Any, columns: list[str], batch_rows: int) -> Any:
+    """Run one tower over a feature table in batches; returns a float32 ``[rows, dim]`` array.
+
+    Calling the tower directly avoids Merlin's ``*_embeddings`` helpers, which save and reload the
+    whole model through a temporary SavedModel on every call.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    parts = []
+    for start in range(0, len(table), batch_rows):
+        batch = table.iloc[start : start + batch_rows]
+        inputs = {c: tf.constant(batch[c].to_numpy().reshape(-1, 1)) for c in columns}
+        parts.append(np.asarray(encoder(inputs, training=False), dtype=np.float32))
+    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+
+
+def embeddings_frame(ids: Any, vectors: Any, id_column: str) -> Any:
+    import pandas as pd
+
+    frame = pd.DataFrame(vectors, columns=[f"e{i}" for i in range(vectors.shape[1])])
+    frame.insert(0, id_column, ids)
+    return frame
+
+
+@stage("fit_retrieval")
+def fit_retrieval(config: Config, paths: RunPaths) -> dict[str, Any]:
+    quiet_tensorflow()
+    settings = config.retrieval
+    seed_everything(settings.seed)
+    import merlin.models.tf as mm
+    from merlin.io import Dataset
+    from merlin.schema.tags import Tags
+
+    train = Dataset(str(require(paths.retrieval_train, "transform") / "*.parquet"), engine="parquet")
+    valid = Dataset(str(require(paths.retrieval_valid, "transform") / "*.parquet"), engine="parquet")
+    schema = model_schema(train)
+    train.schema = schema
+    valid.schema = schema
+
+    model = build_two_tower(schema, settings)
+    history = model.fit(train, batch_size=settings.batch_size_rows, epochs=settings.epochs, verbose=0)
+    losses = [round(float(v), 6) for v in history.history["loss"]]
+    log.info("two-tower loss per epoch: %s", losses)
+
+    paths.fresh(paths.retrieval)
+    user_table, item_table = build_feature_tables(require(paths.train, "transform"))
+    user_table.to_parquet(paths.user_features, index=False)
+    item_table.to_parquet(paths.item_features, index=False)
+
+    item_columns = schema.select_by_tag(Tags.ITEM).column_names
+    user_columns = schema.select_by_tag(Tags.USER).column_names
+    item_vectors = encode(model.candidate_encoder, item_table, item_columns, EVAL_BATCH_ROWS)
+    user_vectors = encode(model.query_encoder, user_table, user_columns, EVAL_BATCH_ROWS)
+    item_embeddings = embeddings_frame(item_table["item_id"].to_numpy(), item_vectors, "item_id")
+    user_embeddings = embeddings_frame(user_table["user_id"].to_numpy(), user_vectors, "user_id")
+    item_embeddings.to_parquet(paths.item_embeddings, index=False)
+    user_embeddings.to_parquet(paths.user_embeddings, index=False)
+
+    # Full-catalog evaluation (the in-batch metrics seen during fit use sampled negatives only):
+    # a top-k encoder over every item's embedding, scored on validation clicks.
+    top_k_encoder = mm.TopKEncoder(
+        model.query_encoder,
+        candidates=Dataset(item_embeddings.set_index("item_id")),
+        k=settings.eval_k,
+        target="item_id",
+    )
+    top_k_encoder.compile(run_eagerly=False)
+    eval_loader = mm.Loader(valid, batch_size=EVAL_BATCH_ROWS, shuffle=False).map(mm.ToTarget(schema, "item_id"))
+    evaluated = top_k_encoder.evaluate(eval_loader, return_dict=True, verbose=0)
+    metrics = {
+        f"recall_at_{settings.eval_k}": float(evaluated[f"recall_at_{settings.eval_k}"]),
+        f"ndcg_at_{settings.eval_k}": float(evaluated[f"ndcg_at_{settings.eval_k}"]),
+    }
+    log.info("full-catalog evaluation on validation clicks: %s", metrics)
+    model.query_encoder.save(str(paths.query_tower))
+
+    return {
+        "metrics": metrics,
+        "loss_per_epoch": losses,
+        "users": int(len(user_table)),
+        "items": int(len(item_table)),
+        "embedding_dim": int(item_embeddings.shape[1] - 1),
+        "query_tower": str(paths.query_tower),
+        "user_embeddings": str(paths.user_embeddings),
+        "item_embeddings": str(paths.item_embeddings),
+    }

@@ -1,0 +1,242 @@
+"""Stage 5: recommendations for every user, in chunks of users, with no per-user model call.
+
+For each chunk: user embeddings x all item embeddings (one matrix product), items the user clicked
+in training masked out, top-K candidates, every (user, candidate) pair scored by the DLRM in large
+batches, candidates reordered by DLRM score, top-N kept, encoded ids mapped back to raw ids. The
+result streams to ``scoring/recommendations.parquet`` chunk by chunk, so memory does not grow with
+the number of users. TensorFlow runs the matrix product, top-k and DLRM on the GPU when it has one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+import numpy as np
+
+from .common import InputDataError, get_logger, quiet_tensorflow, stage
+from .config import Config
+from .features import ITEM_COLUMNS, USER_COLUMNS, read_processed
+from .paths import RunPaths, require
+
+log = get_logger("score")
+
+RECOMMENDATION_COLUMNS = ["user_id", "recommendations", "scores", "user_id_encoded"]
+
+
+@dataclass
+class Catalog:
+    """Everything scoring needs, as aligned numpy arrays (row i of a table is row i of its embeddings)."""
+
+    user_features: dict[str, np.ndarray]
+    item_features: dict[str, np.ndarray]
+    user_embeddings: np.ndarray
+    item_embeddings: np.ndarray
+    seen_indptr: np.ndarray
+    """CSR over user rows: ``seen_items[seen_indptr[u]:seen_indptr[u + 1]]`` are user row u's clicks."""
+    seen_items: np.ndarray
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_embeddings)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_embeddings)
+
+
+def _embedding_matrix(frame: Any, id_column: str, ids: np.ndarray, source: Any) -> np.ndarray:
+    if not np.array_equal(frame[id_column].to_numpy(), ids):
+        raise InputDataError(f"{source}: {id_column} values do not match the feature table's ids")
+    return np.ascontiguousarray(frame.drop(columns=[id_column]).to_numpy(dtype=np.float32))
+
+
+def _row_lookup(ids: np.ndarray) -> np.ndarray:
+    lookup = np.full(int(ids.max()) + 1, -1, dtype=np.int64)
+    lookup[ids] = np.arange(len(ids))
+    return lookup
+
+
+def seen_csr(user_rows: np.ndarray, item_rows: np.ndarray, num_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deduplicated (user row, item row) clicks as CSR arrays."""
+    pairs = np.unique(np.stack([user_rows, item_rows], axis=1), axis=0)
+    counts = np.bincount(pairs[:, 0], minlength=num_users)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return indptr, pairs[:, 1].astype(np.int64)
+
+
+def load_catalog(paths: RunPaths) -> Catalog:
+    import pandas as pd
+
+    users = pd.read_parquet(require(paths.user_features, "fit_retrieval"))
+    items = pd.read_parquet(require(paths.item_features, "fit_retrieval"))
+    user_ids = users["user_id"].to_numpy()
+    item_ids = items["item_id"].to_numpy()
+    user_embeddings = _embedding_matrix(
+        pd.read_parquet(require(paths.user_embeddings, "fit_retrieval")), "user_id", user_ids, paths.user_embeddings
+    )
+    item_embeddings = _embedding_matrix(
+        pd.read_parquet(require(paths.item_embeddings, "fit_retrieval")), "item_id", item_ids, paths.item_embeddings
+    )
+    clicks = read_processed(require(paths.retrieval_train, "transform"), columns=["user_id", "item_id"])
+    user_rows = _row_lookup(user_ids)[clicks["user_id"].to_numpy()]
+    item_rows = _row_lookup(item_ids)[clicks["item_id"].to_numpy()]
+    indptr, seen_items = seen_csr(user_rows, item_rows, len(user_ids))
+    return Catalog(
+        user_features={c: users[c].to_numpy() for c in USER_COLUMNS},
+        item_features={c: items[c].to_numpy() for c in ITEM_COLUMNS},
+        user_embeddings=user_embeddings,
+        item_embeddings=item_embeddings,
+        seen_indptr=indptr,
+        seen_items=seen_items,
+    )
+
+
+def retrieve(catalog: Catalog, user_rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k unseen item rows per user by dot product over the whole catalog.
+
+    Returns ``(item_rows, scores)``, both ``[len(user_rows), k]``; where a user has fewer than k
+    unseen items the tail holds item row -1 and score -inf.
+    """
+    import tensorflow as tf
+
+    k = min(k, catalog.num_items)
+    scores = tf.matmul(catalog.user_embeddings[user_rows], catalog.item_embeddings, transpose_b=True)
+    starts = catalog.seen_indptr[user_rows]
+    counts = catalog.seen_indptr[user_rows + 1] - starts
+    if counts.sum():
+        chunk_rows = np.repeat(np.arange(len(user_rows)), counts)
+        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        seen = catalog.seen_items[np.repeat(starts, counts) + offsets]
+        scores = tf.tensor_scatter_nd_update(
+            scores,
+            np.stack([chunk_rows, seen], axis=1),
+            tf.fill([len(seen)], tf.constant(-np.inf, dtype=scores.dtype)),
+        )
+    top_scores, top_rows = tf.math.top_k(scores, k=k, sorted=True)
+    top_scores = top_scores.numpy()
+    top_rows = top_rows.numpy().astype(np.int64)
+    top_rows[np.isneginf(top_scores)] = -1
+    return top_rows, top_scores
+
+
+def pair_features(catalog: Catalog, user_rows: np.ndarray, item_rows: np.ndarray) -> dict[str, np.ndarray]:
+    """DLRM inputs for every (user, candidate) pair, flattened row-major: user-major, candidate-minor."""
+    k = item_rows.shape[1]
+    flat_users = np.repeat(user_rows, k)
+    flat_items = np.where(item_rows >= 0, item_rows, 0).reshape(-1)
+    features = {c: v[flat_users] for c, v in catalog.user_features.items() if c != "user_id_raw"}
+    features.update({c: v[flat_items] for c, v in catalog.item_features.items() if c != "item_id_raw"})
+    return features
+
+
+def rank_pairs(model: Any, features: dict[str, np.ndarray], batch_rows: int) -> np.ndarray:
+    """DLRM click probability for every pair, in batches of ``batch_rows``."""
+    import tensorflow as tf
+
+    total = len(next(iter(features.values())))
+    out = np.empty(total, dtype=np.float32)
+    for start in range(0, total, batch_rows):
+        stop = min(start + batch_rows, total)
+        batch = {c: tf.constant(v[start:stop].reshape(-1, 1)) for c, v in features.items()}
+        out[start:stop] = np.asarray(model(batch, training=False)).reshape(-1)
+    return out
+
+
+def score_chunk(
+    catalog: Catalog, model: Any, user_rows: np.ndarray, top_k: int, top_n: int, rank_batch_rows: int
+) -> dict[str, Any]:
+    """Recommendations for one chunk of users: raw user ids, raw item ids best first, DLRM scores."""
+    candidate_rows, _ = retrieve(catalog, user_rows, top_k)
+    ranked = rank_pairs(model, pair_features(catalog, user_rows, candidate_rows), rank_batch_rows)
+    ranked = ranked.reshape(candidate_rows.shape)
+    ranked[candidate_rows < 0] = -np.inf
+    # Stable sort keeps retrieval order between equal DLRM scores.
+    order = np.argsort(-ranked, axis=1, kind="stable")[:, :top_n]
+    best_rows = np.take_along_axis(candidate_rows, order, axis=1)
+    best_scores = np.take_along_axis(ranked, order, axis=1)
+    item_raw = catalog.item_features["item_id_raw"]
+    recommendations, scores = [], []
+    for rows, values in zip(best_rows, best_scores):
+        keep = rows >= 0
+        recommendations.append(item_raw[rows[keep]].tolist())
+        scores.append(values[keep].tolist())
+    return {
+        "user_id": catalog.user_features["user_id_raw"][user_rows],
+        "recommendations": recommendations,
+        "scores": scores,
+        "user_id_encoded": catalog.user_features["user_id"][user_rows],
+    }
+
+
+def iter_user_chunks(num_users: int, chunk_size: int) -> Iterator[np.ndarray]:
+    for start in range(0, num_users, chunk_size):
+        yield np.arange(start, min(start + chunk_size, num_users))
+
+
+def recommendations_schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("user_id", pa.int64()),
+            ("recommendations", pa.list_(pa.int64())),
+            ("scores", pa.list_(pa.float32())),
+            ("user_id_encoded", pa.int64()),
+        ]
+    )
+
+
+@stage("score")
+def score(config: Config, paths: RunPaths) -> dict[str, Any]:
+    quiet_tensorflow()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .ranking import load_dlrm
+
+    settings = config.scoring
+    catalog = load_catalog(paths)
+    model = load_dlrm(require(paths.dlrm, "fit_ranking"))
+    if catalog.num_items < settings.top_n:
+        raise InputDataError(
+            f"{paths.item_features}: the catalog has {catalog.num_items} items, fewer than "
+            f"scoring.top_n={settings.top_n}"
+        )
+
+    paths.fresh(paths.scoring)
+    schema = recommendations_schema()
+    tmp = paths.recommendations.with_suffix(".parquet.tmp")
+    users_done, short_lists, started = 0, 0, time.perf_counter()
+    next_report = started
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for user_rows in iter_user_chunks(catalog.num_users, settings.user_chunk_size):
+            chunk = score_chunk(catalog, model, user_rows, settings.top_k, settings.top_n, settings.rank_batch_rows)
+            writer.write_table(pa.Table.from_pydict(chunk, schema=schema))
+            users_done += len(user_rows)
+            short_lists += sum(len(r) < settings.top_n for r in chunk["recommendations"])
+            now = time.perf_counter()
+            if now >= next_report or users_done == catalog.num_users:
+                rate = users_done / max(now - started, 1e-9)
+                log.info(
+                    "scored %d/%d users (%.0f users/s, %.0fs left)",
+                    users_done,
+                    catalog.num_users,
+                    rate,
+                    (catalog.num_users - users_done) / rate,
+                )
+                next_report = now + 10.0
+    tmp.replace(paths.recommendations)
+    elapsed = time.perf_counter() - started
+    return {
+        "users": users_done,
+        "items": catalog.num_items,
+        "top_k": settings.top_k,
+        "top_n": settings.top_n,
+        "short_lists": int(short_lists),
+        "users_per_s": round(users_done / max(elapsed, 1e-9), 1),
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "recommendations": str(paths.recommendations),
+    }

@@ -1,0 +1,151 @@
+"""Stage 6: RedisJSON documents, one per user, and the manifest that names the published run.
+
+This module owns every Redis key name. A document lives at ``<key_prefix><raw user id>`` and holds
+the notebook's fields (``user_id``, ``recommendations``) plus ``scores``, ``run_id``,
+``logical_date`` and ``generated_at``. Writes go out in pipelined chunks (``transaction=False``),
+each ``JSON.SET`` followed by an ``EXPIRE``; the manifest is written only after the last document.
+Functions take a redis-py client; they never build one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from .common import InputDataError, get_logger, read_summary, timed, write_summary
+from .config import Config, StoreConfig
+from .paths import RunPaths, require
+
+log = get_logger("load_redis")
+
+REQUIRED_COLUMNS = ("user_id", "recommendations", "scores")
+
+
+def user_key(settings: StoreConfig, user_id: int) -> str:
+    return f"{settings.key_prefix}{int(user_id)}"
+
+
+def build_document(
+    user_id: int, recommendations: list[int], scores: list[float], *, run_id: str, logical_date: str, generated_at: str
+) -> dict[str, Any]:
+    return {
+        "user_id": int(user_id),
+        "recommendations": [int(i) for i in recommendations],
+        "scores": [round(float(s), 6) for s in scores],
+        "run_id": run_id,
+        "logical_date": logical_date,
+        "generated_at": generated_at,
+    }
+
+
+def iter_recommendations(path: Path, batch_rows: int) -> Iterator[dict[str, list[Any]]]:
+    """Stream the recommendations parquet in batches after checking its schema."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputDataError(f"{path}: not a readable parquet file ({exc})") from exc
+    missing = [c for c in REQUIRED_COLUMNS if c not in parquet.schema_arrow.names]
+    if missing:
+        raise InputDataError(f"{path}: missing column(s) {missing}; written by the 'score' stage")
+    for batch in parquet.iter_batches(batch_size=batch_rows, columns=list(REQUIRED_COLUMNS)):
+        yield batch.to_pydict()
+
+
+def validate_recommendations(path: Path, settings: StoreConfig) -> int:
+    """Read the whole file once before anything is written: a bad file publishes nothing."""
+    seen: set[int] = set()
+    for batch in iter_recommendations(path, settings.pipeline_chunk_keys):
+        for user_id, recs, scores in zip(batch["user_id"], batch["recommendations"], batch["scores"]):
+            if user_id is None or user_id < 0:
+                raise InputDataError(f"{path}: column 'user_id' holds an invalid id {user_id!r}")
+            if user_id in seen:
+                raise InputDataError(f"{path}: column 'user_id' holds user {user_id} twice")
+            seen.add(user_id)
+            if recs is None or scores is None or len(recs) != len(scores):
+                raise InputDataError(
+                    f"{path}: user {user_id} has {len(recs or [])} recommendations but {len(scores or [])} scores"
+                )
+    if not seen:
+        raise InputDataError(f"{path}: no users to publish")
+    return len(seen)
+
+
+def publish(
+    client: Any, path: Path, settings: StoreConfig, *, run_id: str, logical_date: str, generated_at: str
+) -> dict[str, Any]:
+    """Write every user's document (pipelined, with TTL), then the manifest. Returns counts and rates."""
+    users = validate_recommendations(path, settings)
+    written, payload_bytes, started = 0, 0, time.perf_counter()
+    next_report = started
+    for batch in iter_recommendations(path, settings.pipeline_chunk_keys):
+        pipe = client.pipeline(transaction=False)
+        for user_id, recs, scores in zip(batch["user_id"], batch["recommendations"], batch["scores"]):
+            doc = json.dumps(
+                build_document(
+                    user_id, recs, scores, run_id=run_id, logical_date=logical_date, generated_at=generated_at
+                ),
+                separators=(",", ":"),
+            )
+            payload_bytes += len(doc)
+            key = user_key(settings, user_id)
+            pipe.execute_command("JSON.SET", key, "$", doc)
+            pipe.expire(key, settings.ttl_s)
+        pipe.execute()
+        written += len(batch["user_id"])
+        now = time.perf_counter()
+        if now >= next_report or written == users:
+            rate = written / max(now - started, 1e-9)
+            log.info("loaded %d/%d documents (%.0f keys/s, %.0fs left)", written, users, rate, (users - written) / rate)
+            next_report = now + 10.0
+    manifest = {
+        "run_id": run_id,
+        "logical_date": logical_date,
+        "users": written,
+        "key_prefix": settings.key_prefix,
+        "generated_at": generated_at,
+        "completed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    client.execute_command("JSON.SET", settings.manifest_key, "$", json.dumps(manifest))
+    elapsed = time.perf_counter() - started
+    return {
+        "users": written,
+        "keys_per_s": round(written / max(elapsed, 1e-9), 1),
+        "avg_document_bytes": round(payload_bytes / max(written, 1), 1),
+        "manifest": manifest,
+    }
+
+
+def load_redis(config: Config, run_dir: str | Path, client: Any, *, run_id: str, logical_date: str) -> dict[str, Any]:
+    """Stage 6: publish the run's recommendations to Redis. ``client`` is a redis-py client."""
+    from .common import device
+
+    paths = RunPaths(Path(run_dir))
+    log.info("stage load_redis starting in %s", paths.root)
+    generated_at = read_summary(paths, "score").get("generated_at", logical_date)
+    recommendations = require(paths.recommendations, "score")
+    with timed() as clock:
+        result = publish(
+            client, recommendations, config.store, run_id=run_id, logical_date=logical_date, generated_at=generated_at
+        )
+    summary = {"stage": "load_redis", "device": device(), "seconds": clock["seconds"], **result}
+    log.info("stage load_redis done in %.1fs: %s", clock["seconds"], json.dumps(summary))
+    return write_summary(paths, "load_redis", summary)
+
+
+def fetch(client: Any, user_id: int, settings: StoreConfig | None = None) -> dict[str, Any] | None:
+    """The published document of one user (by raw id), or None when there is none."""
+    settings = settings or StoreConfig()
+    raw = client.execute_command("JSON.GET", user_key(settings, user_id))
+    return None if raw is None else json.loads(raw)
+
+
+def read_manifest(client: Any, settings: StoreConfig | None = None) -> dict[str, Any] | None:
+    settings = settings or StoreConfig()
+    raw = client.execute_command("JSON.GET", settings.manifest_key)
+    return None if raw is None else json.loads(raw)

@@ -1,0 +1,148 @@
+"""Stage 2: the notebook's NVTabular workflow, fitted on train and applied to train and valid.
+
+Outputs: ``processed/{train,valid}`` (all impressions, for ranking), ``processed/retrieval/{train,valid}``
+(clicks only, for the Two-Tower model), ``processed/categories`` (Categorify's mappings) and the fitted
+workflow in ``processed/workflow`` so the same encoding can be reapplied later.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .common import InputDataError, get_logger, stage
+from .config import Config
+from .data import RAW_COLUMNS
+from .paths import RunPaths, require
+
+log = get_logger("transform")
+
+USER_FEATURES = [
+    "user_shops",
+    "user_profile",
+    "user_group",
+    "user_gender",
+    "user_age",
+    "user_consumption_2",
+    "user_is_occupied",
+    "user_geography",
+    "user_intentions",
+    "user_brands",
+    "user_categories",
+]
+ITEM_FEATURES = ["item_category", "item_shop", "item_brand"]
+RAW_ID_COLUMNS = ["user_id_raw", "item_id_raw"]
+TARGET = "click"
+
+
+def check_raw_parquet(directory: Path) -> list[Path]:
+    """Check every raw parquet file's schema before NVTabular sees it; name the file at fault."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = sorted(directory.glob("*.parquet"))
+    if not files:
+        raise InputDataError(f"{directory}: no *.parquet files (written by the 'generate_data' stage)")
+    for file in files:
+        try:
+            schema = pq.read_schema(file)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputDataError(f"{file}: not a readable parquet file ({exc})") from exc
+        missing = [c for c in RAW_COLUMNS if c not in schema.names]
+        if missing:
+            raise InputDataError(f"{file}: missing column(s) {missing}; expected the Ali-CCP raw schema")
+        for column in RAW_COLUMNS:
+            if not pa.types.is_integer(schema.field(column).type):
+                raise InputDataError(
+                    f"{file}: column {column!r} has type {schema.field(column).type}, expected an integer"
+                )
+    return files
+
+
+def build_workflow(categories_dir: Path) -> Any:
+    """The notebook's feature graph: encoded ids and features, raw ids kept, target tagged, nulls dropped."""
+    import nvtabular as nvt
+    from merlin.schema.tags import Tags
+    from nvtabular import ops
+
+    cat = dict(dtype="int32", out_path=str(categories_dir))
+    user_id = ["user_id"] >> ops.Categorify(**cat) >> ops.TagAsUserID()
+    item_id = ["item_id"] >> ops.Categorify(**cat) >> ops.TagAsItemID()
+    item_features = ITEM_FEATURES >> ops.Categorify(**cat) >> ops.TagAsItemFeatures()
+    user_features = USER_FEATURES >> ops.Categorify(**cat) >> ops.TagAsUserFeatures()
+    user_id_raw = (
+        ["user_id"] >> ops.Rename(postfix="_raw") >> ops.LambdaOp(_as_int64) >> ops.TagAsUserFeatures()
+    )
+    item_id_raw = (
+        ["item_id"] >> ops.Rename(postfix="_raw") >> ops.LambdaOp(_as_int64) >> ops.TagAsItemFeatures()
+    )
+    targets = [TARGET] >> ops.AddMetadata(tags=[Tags.BINARY_CLASSIFICATION, "target"])
+    outputs = user_id + item_id + item_features + user_features + user_id_raw + item_id_raw + targets
+    return nvt.Workflow(outputs >> ops.Dropna())
+
+
+def _as_int64(column: Any) -> Any:
+    # The notebook casts raw ids to int32; int64 keeps real-world ids (which exceed 2**31) intact.
+    return column.astype("int64")
+
+
+def _clicked_only(frame: Any) -> Any:
+    return frame[frame[TARGET] == 1]
+
+
+@stage("transform")
+def transform(config: Config, paths: RunPaths) -> dict[str, Any]:
+    import nvtabular as nvt
+    from merlin.io import Dataset
+    from nvtabular import ops
+
+    train_files = check_raw_parquet(require(paths.raw_train, "generate_data"))
+    valid_files = check_raw_parquet(require(paths.raw_valid, "generate_data"))
+    for directory in (paths.categories, paths.workflow, paths.train, paths.valid):
+        paths.fresh(directory)
+    for directory in (paths.retrieval_train, paths.retrieval_valid):
+        paths.fresh(directory)
+
+    raw_train = Dataset([str(f) for f in train_files], engine="parquet")
+    raw_valid = Dataset([str(f) for f in valid_files], engine="parquet")
+    workflow = build_workflow(paths.categories)
+    workflow.fit(raw_train)
+    workflow.transform(raw_train).to_parquet(str(paths.train), out_files_per_proc=1)
+    workflow.transform(raw_valid).to_parquet(str(paths.valid), out_files_per_proc=1)
+    # Workflow.save refuses a non-empty directory.
+    paths.workflow.rmdir()
+    workflow.save(str(paths.workflow))
+
+    processed_train = Dataset(str(paths.train / "*.parquet"), engine="parquet")
+    processed_valid = Dataset(str(paths.valid / "*.parquet"), engine="parquet")
+    clicks = nvt.Workflow(processed_train.schema.column_names >> ops.Filter(f=_clicked_only))
+    clicks.fit(processed_train)
+    clicks.transform(processed_train).to_parquet(str(paths.retrieval_train), out_files_per_proc=1)
+    clicks.transform(processed_valid).to_parquet(str(paths.retrieval_valid), out_files_per_proc=1)
+
+    rows = {
+        name: int(Dataset(str(directory / "*.parquet"), engine="parquet").to_ddf().shape[0].compute())
+        for name, directory in (
+            ("train", paths.train),
+            ("valid", paths.valid),
+            ("retrieval_train", paths.retrieval_train),
+            ("retrieval_valid", paths.retrieval_valid),
+        )
+    }
+    if rows["train"] == 0 or rows["retrieval_train"] == 0:
+        raise InputDataError(
+            f"{paths.raw_train}: after dropping nulls the training data has {rows['train']} rows and "
+            f"{rows['retrieval_train']} clicks; both must be > 0"
+        )
+    cardinalities = {
+        col.name: int(col.int_domain.max) + 1
+        for col in processed_train.schema
+        if col.int_domain is not None and col.name not in RAW_ID_COLUMNS and col.name != TARGET
+    }
+    return {
+        "rows": rows,
+        "cardinalities": cardinalities,
+        "workflow_dir": str(paths.workflow),
+        "train_dir": str(paths.train),
+        "retrieval_train_dir": str(paths.retrieval_train),
+    }

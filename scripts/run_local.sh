@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The main job, locally: the DAG once end to end with `airflow dags test` on SQLite, against a local
+# Redis with RedisJSON (started here on port $RECSYS_LOCAL_REDIS_PORT unless AIRFLOW_CONN_REDIS_RECS
+# is already set), then one user's document and the run summary.
+#   ROWS=1000000 scripts/run_local.sh     # the notebook's size
+set -euo pipefail
+source "$(dirname "$0")/airflow_env.sh"
+cd "$REPO"
+
+if [ -z "${AIRFLOW_CONN_REDIS_RECS:-}" ]; then
+  python -m recsys_tasks.local_redis start --port "$RECSYS_LOCAL_REDIS_PORT" --dir "$REPO/.redis"
+  export AIRFLOW_CONN_REDIS_RECS="redis://127.0.0.1:$RECSYS_LOCAL_REDIS_PORT"
+fi
+[ -n "${ROWS:-}" ] && export RECSYS__DATA__NUM_ROWS=$ROWS
+
+echo "==> airflow db migrate ($AIRFLOW_HOME)"
+airflow db migrate >"$AIRFLOW_HOME.migrate.log" 2>&1 || { cat "$AIRFLOW_HOME.migrate.log"; exit 1; }
+airflow pools set gpu 1 "GPU slots (one per GPU)" >/dev/null
+
+logical_date=$(date -u +%Y-%m-%dT%H:%M:%S+00:00)
+log="$AIRFLOW_HOME/last-run.log"
+echo "==> airflow dags test offline_batch_recsys $logical_date   (full log: $log)"
+started=$(date +%s)
+status=0
+airflow dags test offline_batch_recsys "$logical_date" >"$log" 2>&1 || status=$?
+grep -E "recsys_tasks\.[a-z_]+.*(starting|done in)" "$log" | sed -E 's/^.*(recsys_tasks\.)/  \1/' | cut -c1-160 || true
+if [ "$status" -ne 0 ]; then
+  tail -n 60 "$log"; echo "airflow dags test failed (exit $status)" >&2; exit "$status"
+fi
+echo "==> DAG run finished in $(( $(date +%s) - started ))s"
+
+# Fails unless the manifest names this run, i.e. every document of this run is in Redis.
+python -m recsys_tasks show --redis-url "$AIRFLOW_CONN_REDIS_RECS" --dag-id offline_batch_recsys \
+  --expect-logical-date "$logical_date"
+key=$(redis-cli -u "$AIRFLOW_CONN_REDIS_RECS" --scan --pattern 'USER:*' --count 1000 | head -n 1)
+echo "==> redis-cli JSON.GET $key"
+redis-cli -u "$AIRFLOW_CONN_REDIS_RECS" JSON.GET "$key"

@@ -1,0 +1,158 @@
+"""The five compute stages, run for real at tiny size (NVTabular, TensorFlow, Merlin Models)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from recsys_tasks.data import RAW_COLUMNS
+from recsys_tasks.features import read_processed
+
+
+def raw_clicks(paths) -> set[tuple[int, int]]:
+    raw = pd.read_parquet(paths.raw_train)
+    clicked = raw[raw["click"] == 1]
+    return set(zip(clicked["user_id"].astype(int), clicked["item_id"].astype(int)))
+
+
+def test_generate_data_writes_the_raw_aliccp_schema(pipeline_run):
+    config, paths, summaries = pipeline_run
+    train, valid = pd.read_parquet(paths.raw_train), pd.read_parquet(paths.raw_valid)
+    assert set(RAW_COLUMNS) <= set(train.columns)
+    assert len(train) + len(valid) == config.data.num_rows
+    assert summaries["generate_data"]["splits"]["train"]["rows"] == len(train)
+    assert summaries["generate_data"]["device"] == "cpu"
+
+
+def test_transform_outputs_and_reusable_workflow(pipeline_run):
+    import nvtabular as nvt
+    from merlin.io import Dataset
+
+    _, paths, summaries = pipeline_run
+    train = read_processed(paths.train)
+    for column in ("user_id", "item_id", "user_id_raw", "item_id_raw", "click", "item_brand", "user_age"):
+        assert column in train.columns
+    assert train.isna().sum().sum() == 0
+    clicks = read_processed(paths.retrieval_train)
+    assert len(clicks) > 0 and (clicks["click"] == 1).all()
+    assert len(clicks) == int((train["click"] == 1).sum())
+    assert summaries["transform"]["rows"]["train"] == len(train)
+
+    # The saved workflow reproduces the processed validation data from the raw files.
+    workflow = nvt.Workflow.load(str(paths.workflow))
+    again = workflow.transform(Dataset(str(paths.raw_valid / "*.parquet"))).to_ddf().compute()
+    stored = read_processed(paths.valid)
+    pd.testing.assert_frame_equal(
+        again.reset_index(drop=True)[stored.columns], stored, check_dtype=False
+    )
+
+
+def test_fit_retrieval_exports(pipeline_run):
+    _, paths, summaries = pipeline_run
+    summary = summaries["fit_retrieval"]
+    for name, value in summary["metrics"].items():
+        assert 0.0 <= value <= 1.0, name
+    assert set(summary["metrics"]) == {"recall_at_10", "ndcg_at_10"}
+    users = pd.read_parquet(paths.user_features)
+    items = pd.read_parquet(paths.item_features)
+    user_emb = pd.read_parquet(paths.user_embeddings)
+    item_emb = pd.read_parquet(paths.item_embeddings)
+    assert len(users) == read_processed(paths.train)["user_id"].nunique() == summary["users"]
+    assert (user_emb["user_id"].to_numpy() == users["user_id"].to_numpy()).all()
+    assert (item_emb["item_id"].to_numpy() == items["item_id"].to_numpy()).all()
+    assert user_emb.shape[1] - 1 == item_emb.shape[1] - 1 == 64
+    assert np.isfinite(user_emb.drop(columns="user_id").to_numpy()).all()
+    assert (paths.query_tower / "saved_model.pb").exists()
+
+
+def test_query_tower_reloads_and_reproduces_user_embeddings(pipeline_run):
+    import tensorflow as tf
+    import merlin.models.tf  # noqa: F401
+
+    _, paths, _ = pipeline_run
+    tower = tf.keras.models.load_model(str(paths.query_tower))
+    users = pd.read_parquet(paths.user_features).head(16)
+    inputs = {c: tf.constant(users[c].to_numpy().reshape(-1, 1)) for c in users.columns if c != "user_id_raw"}
+    reloaded = np.asarray(tower(inputs, training=False))
+    stored = pd.read_parquet(paths.user_embeddings).head(16).drop(columns="user_id").to_numpy()
+    np.testing.assert_allclose(reloaded, stored, rtol=1e-4, atol=1e-5)
+
+
+def test_fit_ranking_reports_auc_and_exports(pipeline_run):
+    _, paths, summaries = pipeline_run
+    metrics = summaries["fit_ranking"]["metrics"]
+    assert 0.0 <= metrics["auc"] <= 1.0
+    assert metrics["loss"] > 0
+    assert (paths.dlrm / "saved_model.pb").exists()
+    assert "user_id_raw" not in summaries["fit_ranking"]["input_features"]
+
+
+def test_score_covers_every_user_with_valid_lists(pipeline_run):
+    config, paths, summaries = pipeline_run
+    recs = pq.read_table(paths.recommendations).to_pandas()
+    users = pd.read_parquet(paths.user_features)
+    catalog = set(pd.read_parquet(paths.item_features)["item_id_raw"].astype(int))
+    assert sorted(recs["user_id"]) == sorted(users["user_id_raw"])
+    assert summaries["score"]["users"] == len(users)
+    seen = raw_clicks(paths)
+    for user_id, items, scores in zip(recs["user_id"], recs["recommendations"], recs["scores"]):
+        assert len(items) == config.scoring.top_n
+        assert len(set(items)) == len(items)
+        assert set(items) <= catalog
+        assert not any((int(user_id), int(i)) in seen for i in items)
+        assert list(scores) == sorted(scores, reverse=True)
+        assert all(0.0 <= s <= 1.0 for s in scores)
+
+
+def test_score_matches_a_per_user_reference(pipeline_run):
+    """Brute force per user (numpy retrieval, one DLRM call per user) gives the same lists."""
+    import tensorflow as tf
+
+    from recsys_tasks.ranking import load_dlrm
+
+    config, paths, _ = pipeline_run
+    users = pd.read_parquet(paths.user_features)
+    items = pd.read_parquet(paths.item_features)
+    user_emb = pd.read_parquet(paths.user_embeddings).drop(columns="user_id").to_numpy()
+    item_emb = pd.read_parquet(paths.item_embeddings).drop(columns="item_id").to_numpy()
+    recs = pq.read_table(paths.recommendations).to_pandas().set_index("user_id")
+    seen = raw_clicks(paths)
+    model = load_dlrm(paths.dlrm)
+    k, n = config.scoring.top_k, config.scoring.top_n
+    for row in range(0, len(users), max(1, len(users) // 12)):
+        user = users.iloc[row]
+        raw_uid = int(user["user_id_raw"])
+        affinity = item_emb @ user_emb[row]
+        affinity[[i for i, raw in enumerate(items["item_id_raw"]) if (raw_uid, int(raw)) in seen]] = -np.inf
+        candidates = np.argsort(-affinity, kind="stable")[:k]
+        frame = items.iloc[candidates].reset_index(drop=True)
+        inputs = {c: np.full(k, user[c]) for c in users.columns if c != "user_id_raw"}
+        inputs.update({c: frame[c].to_numpy() for c in items.columns if c != "item_id_raw"})
+        scores = np.asarray(
+            model({c: tf.constant(v.reshape(-1, 1)) for c, v in inputs.items()}, training=False)
+        ).reshape(-1)
+        expected = frame["item_id_raw"].to_numpy()[np.argsort(-scores, kind="stable")[:n]]
+        got = np.asarray(recs.loc[raw_uid, "recommendations"])
+        # Same candidates and same order, up to float ties between near-equal scores.
+        assert set(got) == set(expected), raw_uid
+        np.testing.assert_allclose(np.sort(scores)[::-1][:n], recs.loc[raw_uid, "scores"], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 1000])
+def test_scoring_does_not_depend_on_chunk_size(pipeline_run, chunk_size):
+    from recsys_tasks.ranking import load_dlrm
+    from recsys_tasks.scoring import iter_user_chunks, load_catalog, score_chunk
+
+    config, paths, _ = pipeline_run
+    catalog = load_catalog(paths)
+    model = load_dlrm(paths.dlrm)
+    count = min(40, catalog.num_users)
+    results = [
+        score_chunk(catalog, model, rows, config.scoring.top_k, config.scoring.top_n, 333)
+        for rows in iter_user_chunks(count, chunk_size)
+    ]
+    got = [r for chunk in results for r in chunk["recommendations"]]
+    stored = pq.read_table(paths.recommendations).to_pandas()["recommendations"].head(count)
+    assert got == [list(r) for r in stored]
