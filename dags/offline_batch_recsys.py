@@ -1,4 +1,4 @@
-"""
+r"""
 ### Offline batch recommender
 
 Every day, train a retrieval and a ranking model on Ali-CCP-shaped data and publish fresh
@@ -30,8 +30,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Param, dag, task, get_current_context
-
+from airflow.sdk import Param, dag, get_current_context, task
 from recsys_airflow import run_stage
 
 DEFAULT_ARGS = {

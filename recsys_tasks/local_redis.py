@@ -33,7 +33,9 @@ def rejson_module() -> Path:
 
 
 def redis_server_binary() -> str:
-    binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    binary = shutil.which("redis-server")
+    if binary is None and Path("/usr/bin/redis-server").exists():
+        binary = "/usr/bin/redis-server"
     if binary is None:
         raise LocalRedisError("redis-server is not installed (apt-get install redis-server)")
     return binary

@@ -111,7 +111,11 @@ class RunPaths:
 
     @property
     def recommendations(self) -> Path:
-        return self.scoring / "recommendations.parquet"
+        """A directory of parquet parts (one per scoring shard; one part when unsharded)."""
+        return self.scoring / "recommendations"
+
+    def recommendation_part(self, shard_index: int = 0) -> Path:
+        return self.recommendations / f"part-{shard_index:05d}.parquet"
 
     # stage 6
     @property

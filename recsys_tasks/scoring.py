@@ -3,16 +3,17 @@
 For each chunk: user embeddings x all item embeddings (one matrix product), items the user clicked
 in training masked out, top-K candidates, every (user, candidate) pair scored by the DLRM in large
 batches, candidates reordered by DLRM score, top-N kept, encoded ids mapped back to raw ids. The
-result streams to ``scoring/recommendations.parquet`` chunk by chunk, so memory does not grow with
+result streams to ``scoring/recommendations/part-00000.parquet`` chunk by chunk, so memory does not grow with
 the number of users. TensorFlow runs the matrix product, top-k and DLRM on the GPU when it has one.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
@@ -22,9 +23,6 @@ from .features import ITEM_COLUMNS, USER_COLUMNS, read_processed
 from .paths import RunPaths, require
 
 log = get_logger("score")
-
-RECOMMENDATION_COLUMNS = ["user_id", "recommendations", "scores", "user_id_encoded"]
-
 
 @dataclass
 class Catalog:
@@ -206,9 +204,10 @@ def score(config: Config, paths: RunPaths) -> dict[str, Any]:
             f"scoring.top_n={settings.top_n}"
         )
 
-    paths.fresh(paths.scoring)
+    paths.fresh(paths.recommendations)
     schema = recommendations_schema()
-    tmp = paths.recommendations.with_suffix(".parquet.tmp")
+    target = paths.recommendation_part(0)
+    tmp = target.with_suffix(".parquet.tmp")
     users_done, short_lists, started = 0, 0, time.perf_counter()
     next_report = started
     with pq.ParquetWriter(tmp, schema) as writer:
@@ -228,7 +227,7 @@ def score(config: Config, paths: RunPaths) -> dict[str, Any]:
                     (catalog.num_users - users_done) / rate,
                 )
                 next_report = now + 10.0
-    tmp.replace(paths.recommendations)
+    tmp.replace(target)
     elapsed = time.perf_counter() - started
     return {
         "users": users_done,
@@ -237,6 +236,6 @@ def score(config: Config, paths: RunPaths) -> dict[str, Any]:
         "top_n": settings.top_n,
         "short_lists": int(short_lists),
         "users_per_s": round(users_done / max(elapsed, 1e-9), 1),
-        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "recommendations": str(paths.recommendations),
     }

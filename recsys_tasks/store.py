@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .common import InputDataError, get_logger, read_summary, timed, write_summary
 from .config import Config, StoreConfig
@@ -41,24 +42,33 @@ def build_document(
     }
 
 
+def recommendation_files(path: Path) -> list[Path]:
+    """The parquet parts of a recommendations directory (or a single parquet file)."""
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    if not files:
+        raise InputDataError(f"{path}: no *.parquet parts (written by the 'score' stage)")
+    return files
+
+
 def iter_recommendations(path: Path, batch_rows: int) -> Iterator[dict[str, list[Any]]]:
-    """Stream the recommendations parquet in batches after checking its schema."""
+    """Stream every part of the recommendations in batches, checking each part's schema first."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        parquet = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputDataError(f"{path}: not a readable parquet file ({exc})") from exc
-    missing = [c for c in REQUIRED_COLUMNS if c not in parquet.schema_arrow.names]
-    if missing:
-        raise InputDataError(f"{path}: missing column(s) {missing}; written by the 'score' stage")
-    for batch in parquet.iter_batches(batch_size=batch_rows, columns=list(REQUIRED_COLUMNS)):
-        yield batch.to_pydict()
+    for file in recommendation_files(path):
+        try:
+            parquet = pq.ParquetFile(file)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputDataError(f"{file}: not a readable parquet file ({exc})") from exc
+        missing = [c for c in REQUIRED_COLUMNS if c not in parquet.schema_arrow.names]
+        if missing:
+            raise InputDataError(f"{file}: missing column(s) {missing}; written by the 'score' stage")
+        for batch in parquet.iter_batches(batch_size=batch_rows, columns=list(REQUIRED_COLUMNS)):
+            yield batch.to_pydict()
 
 
 def validate_recommendations(path: Path, settings: StoreConfig) -> int:
-    """Read the whole file once before anything is written: a bad file publishes nothing."""
+    """Read everything once before anything is written: a bad file publishes nothing."""
     seen: set[int] = set()
     for batch in iter_recommendations(path, settings.pipeline_chunk_keys):
         for user_id, recs, scores in zip(batch["user_id"], batch["recommendations"], batch["scores"]):
@@ -76,22 +86,17 @@ def validate_recommendations(path: Path, settings: StoreConfig) -> int:
     return len(seen)
 
 
-def publish(
-    client: Any, path: Path, settings: StoreConfig, *, run_id: str, logical_date: str, generated_at: str
-) -> dict[str, Any]:
-    """Write every user's document (pipelined, with TTL), then the manifest. Returns counts and rates."""
-    users = validate_recommendations(path, settings)
+def write_documents(client: Any, path: Path, settings: StoreConfig, run_fields: dict[str, str]) -> dict[str, int]:
+    """The hot loop: one pipelined round trip per chunk of ``JSON.SET`` + ``EXPIRE`` commands.
+
+    ``run_fields`` (run id, logical date, generation time) go into every document.
+    """
     written, payload_bytes, started = 0, 0, time.perf_counter()
     next_report = started
     for batch in iter_recommendations(path, settings.pipeline_chunk_keys):
         pipe = client.pipeline(transaction=False)
         for user_id, recs, scores in zip(batch["user_id"], batch["recommendations"], batch["scores"]):
-            doc = json.dumps(
-                build_document(
-                    user_id, recs, scores, run_id=run_id, logical_date=logical_date, generated_at=generated_at
-                ),
-                separators=(",", ":"),
-            )
+            doc = json.dumps(build_document(user_id, recs, scores, **run_fields), separators=(",", ":"))
             payload_bytes += len(doc)
             key = user_key(settings, user_id)
             pipe.execute_command("JSON.SET", key, "$", doc)
@@ -99,24 +104,39 @@ def publish(
         pipe.execute()
         written += len(batch["user_id"])
         now = time.perf_counter()
-        if now >= next_report or written == users:
-            rate = written / max(now - started, 1e-9)
-            log.info("loaded %d/%d documents (%.0f keys/s, %.0fs left)", written, users, rate, (users - written) / rate)
+        if now >= next_report:
+            log.info("loaded %d documents (%.0f keys/s)", written, written / max(now - started, 1e-9))
             next_report = now + 10.0
-    manifest = {
-        "run_id": run_id,
-        "logical_date": logical_date,
-        "users": written,
-        "key_prefix": settings.key_prefix,
-        "generated_at": generated_at,
-        "completed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    return {"written": written, "payload_bytes": payload_bytes}
+
+
+def write_manifest(client: Any, settings: StoreConfig, manifest: dict[str, Any]) -> None:
     client.execute_command("JSON.SET", settings.manifest_key, "$", json.dumps(manifest))
+
+
+def publish(
+    client: Any, path: Path, settings: StoreConfig, *, run_id: str, logical_date: str, generated_at: str
+) -> dict[str, Any]:
+    """Validate everything, write every user's document (pipelined, with TTL), then the manifest."""
+    users = validate_recommendations(path, settings)
+    started = time.perf_counter()
+    run_fields = {"run_id": run_id, "logical_date": logical_date, "generated_at": generated_at}
+    counts = write_documents(client, path, settings, run_fields)
+    if counts["written"] != users:
+        raise RuntimeError(f"{path}: wrote {counts['written']} documents, expected {users}")
     elapsed = time.perf_counter() - started
+    manifest = {
+        **run_fields,
+        "users": users,
+        "key_prefix": settings.key_prefix,
+        "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    write_manifest(client, settings, manifest)
+    log.info("loaded %d documents in %.1fs (%.0f keys/s)", users, elapsed, users / max(elapsed, 1e-9))
     return {
-        "users": written,
-        "keys_per_s": round(written / max(elapsed, 1e-9), 1),
-        "avg_document_bytes": round(payload_bytes / max(written, 1), 1),
+        "users": users,
+        "keys_per_s": round(users / max(elapsed, 1e-9), 1),
+        "avg_document_bytes": round(counts["payload_bytes"] / max(users, 1), 1),
         "manifest": manifest,
     }
 

@@ -2,6 +2,8 @@
 # reads this repo's dags/ and plugins/, and a local Redis with RedisJSON for the recommendations.
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PATH="$REPO/${VENV:-.venv}/bin:$PATH"
+# This checkout's recsys_tasks wins over any other install, also in Airflow's task processes.
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export AIRFLOW_HOME=${AIRFLOW_HOME:-$REPO/.airflow}
 export AIRFLOW__CORE__DAGS_FOLDER=$REPO/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER=$REPO/plugins

@@ -23,7 +23,7 @@ echo "==> airflow dags test offline_batch_recsys $logical_date   (full log: $log
 started=$(date +%s)
 status=0
 airflow dags test offline_batch_recsys "$logical_date" >"$log" 2>&1 || status=$?
-grep -E "recsys_tasks\.[a-z_]+.*(starting|done in)" "$log" | sed -E 's/^.*(recsys_tasks\.)/  \1/' | cut -c1-160 || true
+grep -oE "stage [a-z_]+ (starting on [a-z]+|done in [0-9.]+s)" "$log" | sed 's/^/  /' || true
 if [ "$status" -ne 0 ]; then
   tail -n 60 "$log"; echo "airflow dags test failed (exit $status)" >&2; exit "$status"
 fi
@@ -32,6 +32,6 @@ echo "==> DAG run finished in $(( $(date +%s) - started ))s"
 # Fails unless the manifest names this run, i.e. every document of this run is in Redis.
 python -m recsys_tasks show --redis-url "$AIRFLOW_CONN_REDIS_RECS" --dag-id offline_batch_recsys \
   --expect-logical-date "$logical_date"
-key=$(redis-cli -u "$AIRFLOW_CONN_REDIS_RECS" --scan --pattern 'USER:*' --count 1000 | head -n 1)
+key=$(redis-cli -u "$AIRFLOW_CONN_REDIS_RECS" --scan --pattern 'USER:*' | head -n 1 || true)
 echo "==> redis-cli JSON.GET $key"
 redis-cli -u "$AIRFLOW_CONN_REDIS_RECS" JSON.GET "$key"

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, TINY
 
 DAG_ID = "offline_batch_recsys"
@@ -72,9 +71,10 @@ def test_every_param_is_a_config_key(dag):
 
 def test_parsing_the_dag_imports_nothing_heavy(airflow_env):
     code = (
-        "import sys, runpy; sys.path.insert(0, %r); runpy.run_path(%r); "
-        "print(','.join(sorted({m.split('.')[0] for m in sys.modules} & set(%r))))"
-    ) % (str(REPO / "plugins"), str(REPO / "dags" / "offline_batch_recsys.py"), HEAVY)
+        f"import sys, runpy; sys.path.insert(0, {str(REPO / 'plugins')!r}); "
+        f"runpy.run_path({str(REPO / 'dags' / 'offline_batch_recsys.py')!r}); "
+        f"print(','.join(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=airflow_env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 

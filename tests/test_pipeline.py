@@ -68,8 +68,8 @@ def test_fit_retrieval_exports(pipeline_run):
 
 
 def test_query_tower_reloads_and_reproduces_user_embeddings(pipeline_run):
-    import tensorflow as tf
     import merlin.models.tf  # noqa: F401
+    import tensorflow as tf
 
     _, paths, _ = pipeline_run
     tower = tf.keras.models.load_model(str(paths.query_tower))

@@ -24,7 +24,9 @@ def write_recs(path, rows):
 
 
 def sample_rows(count):
-    return [{"user_id": 1000 + u, "recommendations": [u, u + 1, u + 2], "scores": [0.9, 0.5, 0.25]} for u in range(count)]
+    return [
+        {"user_id": 1000 + u, "recommendations": [u, u + 1, u + 2], "scores": [0.9, 0.5, 0.25]} for u in range(count)
+    ]
 
 
 class CountingRedis(redis.Redis):
@@ -92,4 +94,25 @@ def test_missing_column_and_corrupt_file_are_named(tmp_path, redis_client):
     corrupt.write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(InputDataError, match="corrupt.parquet: not a readable parquet file"):
         publish(redis_client, corrupt, SETTINGS, run_id="x", logical_date="", generated_at="")
+    assert redis_client.dbsize() == 0
+
+
+def test_publish_reads_every_part_of_a_recommendations_directory(tmp_path, redis_client):
+    parts = tmp_path / "recommendations"
+    parts.mkdir()
+    rows = sample_rows(30)
+    write_recs(parts / "part-00000.parquet", rows[:10])
+    write_recs(parts / "part-00001.parquet", rows[10:])
+    summary = publish(redis_client, parts, SETTINGS, run_id="r", logical_date="", generated_at="")
+    assert summary["users"] == 30
+    assert fetch(redis_client, 1029, SETTINGS)["recommendations"] == [29, 30, 31]
+
+
+def test_duplicate_user_across_parts_is_refused(tmp_path, redis_client):
+    parts = tmp_path / "recommendations"
+    parts.mkdir()
+    write_recs(parts / "part-00000.parquet", sample_rows(3))
+    write_recs(parts / "part-00001.parquet", sample_rows(1))
+    with pytest.raises(InputDataError, match="holds user 1000 twice"):
+        publish(redis_client, parts, SETTINGS, run_id="r", logical_date="", generated_at="")
     assert redis_client.dbsize() == 0
