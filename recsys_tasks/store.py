@@ -194,7 +194,14 @@ def resilient(client: Any, settings: StoreConfig) -> Iterator[Any]:
     try:
         yield client
     finally:
-        client.set_retry(previous_retry)
+        if previous_retry is None:
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            client.set_retry(Retry(NoBackoff(), 0))  # what redis-py gives a connection without a policy
+            kwargs["retry"] = None
+        else:
+            client.set_retry(previous_retry)
         kwargs.update(previous_timeouts)
 
 
