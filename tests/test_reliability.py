@@ -225,8 +225,9 @@ def test_cli_rollback_republishes_an_old_run_as_it_was(tmp_path, redis_client, r
     old = make_run(tmp_path, "old", rows_for(range(30), 1))
     new = make_run(tmp_path, "new", rows_for(range(40), 2))
     url = ["--redis-url", redis_server.url]
-    assert main(["load_redis", "--run-dir", str(old.root), "--run-id", "d1", "--logical-date", DAY.format(1), *url]) == 0
-    assert main(["load_redis", "--run-dir", str(new.root), "--run-id", "d2", "--logical-date", DAY.format(2), *url]) == 0
+    for paths, run_id, day in ((old, "d1", 1), (new, "d2", 2)):
+        assert main(["load_redis", "--run-dir", str(paths.root), "--run-id", run_id,
+                     "--logical-date", DAY.format(day), *url]) == 0
     # Without --force the old run's artifacts are not published again ...
     assert main(["load_redis", "--run-dir", str(old.root), *url]) == 0
     assert read_manifest(redis_client)["run_id"] == "d2"
