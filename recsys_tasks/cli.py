@@ -172,7 +172,10 @@ def _headline(summary: dict[str, Any]) -> str:
         return (f"{summary['users']} users, K={summary['top_k']} N={summary['top_n']}, "
                 f"{summary['users_per_s']} users/s, short lists {summary['short_lists']}")
     if stage == "load_redis":
-        return f"{summary['users']} documents, {summary['keys_per_s']} keys/s, ~{summary['avg_document_bytes']} B each"
+        if not summary.get("published", True):
+            return f"not published: {summary.get('reason', '')}"
+        return (f"{summary['users']} documents, {summary['keys_per_s']} keys/s, ~{summary['avg_document_bytes']} B "
+                f"each, ~{summary.get('redis_bytes_per_user', '?')} B/user in Redis")
     return ""
 
 

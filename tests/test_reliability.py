@@ -377,3 +377,21 @@ def test_soak_ten_daily_loads_keep_memory_flat_and_documents_valid(pipeline_run,
         keys.append(redis_client.dbsize())
     assert max(keys) <= len(pool) + 1  # every user at most once, plus the manifest
     assert max(memory[1:]) <= memory[1] * 1.05, memory  # flat once the dropped-out users are in the pool
+
+
+def test_rerunning_score_on_the_same_inputs_gives_the_same_recommendations(pipeline_run, tmp_path):
+    import shutil
+
+    from recsys_tasks.scoring import score
+
+    config, source, _ = pipeline_run
+    copy = RunPaths(tmp_path / "rerun")
+    for part in (source.retrieval, source.ranking, source.retrieval_train):
+        shutil.copytree(part, copy.root / part.relative_to(source.root))
+    score(config, copy.root)
+    score(config, copy.root)  # a task retry: clears its own output and writes it again
+    again = pq.read_table(copy.recommendations).to_pandas()
+    original = pq.read_table(source.recommendations).to_pandas()
+    assert list(again["user_id"]) == list(original["user_id"])
+    assert [list(r) for r in again["recommendations"]] == [list(r) for r in original["recommendations"]]
+    np.testing.assert_allclose(np.concatenate(again["scores"]), np.concatenate(original["scores"]), rtol=1e-6)

@@ -148,9 +148,10 @@ def test_score_refuses_broken_feature_tables(pipeline_run, tmp_path, case):
         frame.to_parquet(paths.user_embeddings, index=False)
         message = "user_embeddings.parquet: row 2, column 5 holds nan; embeddings must be finite"
     else:
-        users = pd.read_parquet(paths.user_features)
-        users.loc[1, "user_id"] = users.loc[0, "user_id"]
-        users.to_parquet(paths.user_features, index=False)
+        # The same user twice, consistently in the feature table and the embeddings.
+        for table in (paths.user_features, paths.user_embeddings):
+            frame = pd.read_parquet(table)
+            pd.concat([frame, frame.iloc[[0]]], ignore_index=True).to_parquet(table, index=False)
         message = "user_features.parquet: column 'user_id' holds id .* 2 times"
     with pytest.raises(InputDataError, match=message):
         score(config, paths.root)
