@@ -160,18 +160,32 @@ class _LoadBackoff:
         return delay
 
 
+_retry_scope = threading.local()
+
+
 def _load_retry(settings: StoreConfig) -> Any:
     from redis.exceptions import AuthenticationError
     from redis.retry import Retry
 
     class LoadRetry(Retry):
-        """Retries connection errors and timeouts, never a refused password."""
+        """Retries connection errors and timeouts, never a refused password.
+
+        redis-py nests a connect retry inside each command's retry; only the outermost one retries
+        here, so an operation gets exactly ``retry_attempts`` tries.
+        """
 
         def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):  # type: ignore[no-untyped-def]
+            if getattr(_retry_scope, "active", False):
+                return do()
+
             def retryable(error: Exception) -> bool:
                 return not isinstance(error, AuthenticationError) and (is_retryable is None or is_retryable(error))
 
-            return super().call_with_retry(do, fail, retryable, with_failure_count)
+            _retry_scope.active = True
+            try:
+                return super().call_with_retry(do, fail, retryable, with_failure_count)
+            finally:
+                _retry_scope.active = False
 
     return LoadRetry(_LoadBackoff(settings), settings.retry_attempts - 1)  # type: ignore[arg-type]
 
