@@ -19,6 +19,11 @@ import pytest
 import redis
 from conftest import REPO
 
+# Airflow reconfigures logging when it is first imported, closing the handlers present at that time;
+# importing it while the test session is collected keeps it from closing pytest's own capture
+# streams later (for instance after TensorFlow has installed its handler during an earlier test).
+import airflow.providers.redis.hooks.redis  # noqa: E402, F401  isort: skip
+
 from recsys_tasks.common import write_summary
 from recsys_tasks.local_redis import LocalRedis, free_port, throwaway_tls
 from recsys_tasks.paths import RunPaths, run_dir_for
@@ -93,11 +98,11 @@ def run_load(recsys_airflow):
     return recsys_airflow.run_stage("load_redis", context)
 
 
-def assert_published_without_leaking(summary, paths, admin, secret, caplog, capfd):
+def assert_published_without_leaking(summary, paths, admin, secret, caplog, capsys):
     assert summary["published"] and summary["users"] == 40
     assert json.loads(admin.execute_command("JSON.GET", "RECSYS:MANIFEST"))["run_id"] == RUN_ID
     assert json.loads(admin.execute_command("JSON.GET", "USER:7"))["recommendations"] == [7, 8]
-    out, err = capfd.readouterr()
+    out, err = capsys.readouterr()
     places = {"xcom": json.dumps(summary), "log": caplog.text, "stdout": out, "stderr": err}
     places.update({str(p): p.read_text() for p in paths.root.rglob("*.json")})
     places.update({k.decode(): str(admin.dump(k)) for k in admin.scan_iter()})
@@ -106,17 +111,17 @@ def assert_published_without_leaking(summary, paths, admin, secret, caplog, capf
 
 
 def test_password_from_the_connection(recsys_airflow, secured_redis, scored_run, admin_password, monkeypatch,
-                                      caplog, capfd):
+                                      caplog, capsys):
     admin = secured_redis.client()
     admin.flushdb()
     connection(monkeypatch, secured_redis.port, password=admin_password)
     with caplog.at_level(logging.DEBUG):
         summary = run_load(recsys_airflow)
-    assert_published_without_leaking(summary, scored_run, admin, admin_password, caplog, capfd)
+    assert_published_without_leaking(summary, scored_run, admin, admin_password, caplog, capsys)
 
 
 def test_least_privilege_acl_user_from_the_connection(recsys_airflow, secured_redis, scored_run, monkeypatch,
-                                                      caplog, capfd):
+                                                      caplog, capsys):
     admin = secured_redis.client()
     admin.flushdb()
     admin.set("OTHER:1", "an application's key")
@@ -125,7 +130,7 @@ def test_least_privilege_acl_user_from_the_connection(recsys_airflow, secured_re
     connection(monkeypatch, secured_redis.port, login="recsys", password=user_password)
     with caplog.at_level(logging.DEBUG):
         summary = run_load(recsys_airflow)
-    assert_published_without_leaking(summary, scored_run, admin, user_password, caplog, capfd)
+    assert_published_without_leaking(summary, scored_run, admin, user_password, caplog, capsys)
     # The ACL itself keeps the job inside its own keys.
     user = redis.Redis(port=secured_redis.port, username="recsys", password=user_password)
     with pytest.raises(redis.exceptions.NoPermissionError):
@@ -134,14 +139,14 @@ def test_least_privilege_acl_user_from_the_connection(recsys_airflow, secured_re
 
 
 def test_tls_from_the_connection_extras(recsys_airflow, tls_redis, tls_files, scored_run, admin_password,
-                                        monkeypatch, caplog, capfd):
+                                        monkeypatch, caplog, capsys):
     admin = tls_redis.client()
     admin.flushdb()
     connection(monkeypatch, tls_redis.port, password=admin_password,
                extra={"ssl": True, "ssl_ca_certs": str(tls_files.ca), "ssl_cert_reqs": "required"})
     with caplog.at_level(logging.DEBUG):
         summary = run_load(recsys_airflow)
-    assert_published_without_leaking(summary, scored_run, admin, admin_password, caplog, capfd)
+    assert_published_without_leaking(summary, scored_run, admin, admin_password, caplog, capsys)
     # The server speaks only TLS: a plain-text client cannot reach it.
     with pytest.raises(redis.ConnectionError):
         redis.Redis(port=tls_redis.port, password=admin_password, socket_timeout=2, retry=None).ping()
