@@ -74,11 +74,12 @@ def check_raw_parquet(directory: Path, columns: Mapping[str, str], *, produced_b
                 raise InputDataError(
                     f"{file}: column {column!r} has type {schema.field(column).type}, expected an integer"
                 )
-        id_nulls = dict.fromkeys(RAW_ID_COLUMNS, 0)
+        id_columns = [c for c in RAW_ID_COLUMNS if c in columns]
+        id_nulls = dict.fromkeys(id_columns, 0)
         rows = 0
         for batch in iter_checked_batches(file, parquet, list(columns), produced_by):
             rows += batch.num_rows
-            for column in RAW_ID_COLUMNS:
+            for column in id_columns:
                 values = batch.column(column)
                 id_nulls[column] += values.null_count
                 smallest = pc.min(values).as_py()
@@ -86,6 +87,8 @@ def check_raw_parquet(directory: Path, columns: Mapping[str, str], *, produced_b
                     raise InputDataError(
                         f"{file}: column {column!r} holds the negative id {smallest}; ids must be >= 0"
                     )
+            if RAW_TARGET not in columns:
+                continue
             clicks = pc.drop_null(batch.column(RAW_TARGET))
             bad = pc.filter(clicks, pc.invert(pc.is_in(clicks, pa.array([0, 1], clicks.type))))
             if len(bad):
