@@ -54,6 +54,12 @@ PARAMS = {
     "ranking.epochs": _optional_int("DLRM training epochs (default 3)."),
     "scoring.top_k": _optional_int("Candidates retrieved per user (default 100)."),
     "scoring.top_n": _optional_int("Items published per user (default 20)."),
+    "store.force": Param(
+        False,
+        type="boolean",
+        description="Publish even if Redis already holds a run with a newer logical date (backfill that must "
+        "win, or rollback). Off: an older run's load is skipped and logged.",
+    ),
 }
 
 

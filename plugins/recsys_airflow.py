@@ -29,12 +29,17 @@ def task_run_dir(context: Any, config: Any) -> Path:
 
 
 def logical_date(context: Any) -> str:
-    value = context.get("logical_date")
+    """The run's logical date; a run triggered without one (Airflow 3 allows it) uses its ``run_after``."""
+    value = context.get("logical_date") or getattr(context.get("dag_run"), "run_after", None)
     return value.isoformat() if value is not None else ""
 
 
 def redis_client(conn_id: str = REDIS_CONN_ID) -> Any:
-    """A redis-py client from the Airflow connection (host, port, password, extras such as ``db`` and TLS)."""
+    """A redis-py client from the Airflow connection: host, port, login (ACL user), password, and the extras
+    ``db``, ``ssl``, ``ssl_ca_certs``, ``ssl_cert_reqs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_check_hostname``.
+
+    Secrets stay in the connection (Airflow masks them in task logs); the load adds retries and timeouts.
+    """
     from airflow.providers.redis.hooks.redis import RedisHook
 
     return RedisHook(redis_conn_id=conn_id).get_conn()

@@ -73,14 +73,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key, e.g. --set scoring.top_k=50 (repeatable)")
     parser.add_argument("--redis-url", default=os.environ.get("RECSYS_REDIS_URL", DEFAULT_REDIS_URL))
-    parser.add_argument("--run-id", default="manual", help="run id written into the documents")
-    parser.add_argument("--logical-date", default="", help="logical date written into the documents")
+    parser.add_argument("--run-id", help="run id written into the documents (default: the one this run directory "
+                        "was loaded with before, else the directory's name)")
+    parser.add_argument("--logical-date", help="logical date of the run (default: the one this run directory was "
+                        "loaded with before, else now); a load older than the published run is skipped unless --force")
+    parser.add_argument("--force", action="store_true",
+                        help="load_redis: publish even over a newer run (the rollback); same as --set store.force=true")
     parser.add_argument("--dag-id", default="offline_batch_recsys", help="show: DAG whose runs live under the root")
     parser.add_argument("--expect-logical-date", default="", help="show: fail unless the manifest names this date")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    config = load_config(args.config, overrides=_parse_sets(args.set))
+    overrides = _parse_sets(args.set)
+    if args.force:
+        overrides["store.force"] = "true"
+    config = load_config(args.config, overrides=overrides)
     if args.command == "fetch":
         if args.user_id is None:
             parser.error("fetch needs a USER_ID")
@@ -95,11 +102,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"{args.command} needs --run-dir")
     names = STAGES if args.command == "run" else (args.command,)
     client = _redis(args.redis_url) if "load_redis" in names else None
+    run_id, logical_date = run_identity(args.run_dir, args.run_id, args.logical_date)
     for name in names:
-        summary = run_stage(name, config, args.run_dir, redis_client=client, run_id=args.run_id,
-                            logical_date=args.logical_date)
+        summary = run_stage(name, config, args.run_dir, redis_client=client, run_id=run_id,
+                            logical_date=logical_date)
         print(json.dumps(summary, default=str))
     return 0
+
+
+def run_identity(run_dir: Path, run_id: str | None, logical_date: str | None) -> tuple[str, str]:
+    """The run id and logical date a load publishes under.
+
+    Unless given, they are those recorded by this run directory's previous load (so reloading an old
+    run's artifacts, the rollback, republishes it as the run it was), else the directory's name and now.
+    """
+    from datetime import UTC, datetime
+
+    from .paths import RunPaths
+
+    previous_file = RunPaths(run_dir).summary("load_redis")
+    previous = json.loads(previous_file.read_text()) if previous_file.exists() else {}
+    run_id = run_id or previous.get("run_id") or run_dir.resolve().name
+    if logical_date is None:
+        logical_date = previous.get("logical_date") or datetime.now(UTC).isoformat(timespec="seconds")
+    return run_id, logical_date
 
 
 def show(config: Config, client: Any, dag_id: str, expect_logical_date: str) -> int:
@@ -146,7 +172,10 @@ def _headline(summary: dict[str, Any]) -> str:
         return (f"{summary['users']} users, K={summary['top_k']} N={summary['top_n']}, "
                 f"{summary['users_per_s']} users/s, short lists {summary['short_lists']}")
     if stage == "load_redis":
-        return f"{summary['users']} documents, {summary['keys_per_s']} keys/s, ~{summary['avg_document_bytes']} B each"
+        if not summary.get("published", True):
+            return f"not published: {summary.get('reason', '')}"
+        return (f"{summary['users']} documents, {summary['keys_per_s']} keys/s, ~{summary['avg_document_bytes']} B "
+                f"each, ~{summary.get('redis_bytes_per_user', '?')} B/user in Redis")
     return ""
 
 

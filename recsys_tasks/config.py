@@ -87,6 +87,23 @@ class StoreConfig:
     """Every document expires after this many seconds unless a later run rewrites it."""
     pipeline_chunk_keys: int = 2000
     """Documents sent per pipelined round trip."""
+    force: bool = False
+    """Publish even when the manifest names a newer logical date: the rollback / forced-backfill switch."""
+    lock_key: str = "RECSYS:LOCK"
+    """One load at a time: ``SET NX PX`` with a per-load token, renewed while the load runs."""
+    lock_ttl_s: int = 120
+    """A lock that is not renewed (its worker was killed) expires after this many seconds."""
+    lock_wait_s: float = 60.0
+    """How long a load waits for another load's lock before failing (then Airflow retries)."""
+    retry_attempts: int = 5
+    """Tries per Redis command or pipelined chunk on connection errors and timeouts."""
+    retry_backoff_s: float = 0.5
+    """First wait between tries; doubles on each failure up to ``retry_backoff_max_s``."""
+    retry_backoff_max_s: float = 8.0
+    socket_timeout_s: float = 30.0
+    """Socket connect/read timeout for clients that do not set one (a hung Redis becomes a retry)."""
+    memory_sample_keys: int = 100
+    """Documents sampled with ``MEMORY USAGE`` for the bytes-per-user figure of the load summary."""
 
 
 @dataclass(frozen=True)
@@ -194,7 +211,10 @@ def _coerce(value: Any, target: type, key: str, origin: str) -> Any:
             return tuple(int(v) for v in value)
         if target is bool:
             if isinstance(value, str):
-                return value.strip().lower() in {"1", "true", "yes", "on"}
+                word = value.strip().lower()
+                if word not in {"1", "true", "yes", "on", "0", "false", "no", "off", ""}:
+                    raise ValueError("not a boolean (true/false)")
+                return word in {"1", "true", "yes", "on"}
             return bool(value)
         if target is int:
             if isinstance(value, float) and not value.is_integer():
@@ -232,6 +252,21 @@ def _validate(config: Config) -> None:
         (config.store.ttl_s > 0, f"store.ttl_s must be > 0, got {config.store.ttl_s}"),
         (config.store.pipeline_chunk_keys > 0, "store.pipeline_chunk_keys must be > 0"),
         (bool(config.store.key_prefix), "store.key_prefix must not be empty"),
+        (config.store.lock_ttl_s > 0, f"store.lock_ttl_s must be > 0, got {config.store.lock_ttl_s}"),
+        (config.store.lock_wait_s >= 0, f"store.lock_wait_s must be >= 0, got {config.store.lock_wait_s}"),
+        (config.store.retry_attempts >= 1, f"store.retry_attempts must be >= 1, got {config.store.retry_attempts}"),
+        (
+            0 <= config.store.retry_backoff_s <= config.store.retry_backoff_max_s,
+            "store.retry_backoff_s must be >= 0 and <= store.retry_backoff_max_s",
+        ),
+        (config.store.socket_timeout_s > 0, f"store.socket_timeout_s must be > 0, got {config.store.socket_timeout_s}"),
+        (config.store.memory_sample_keys >= 0, "store.memory_sample_keys must be >= 0"),
+        (
+            len({config.store.manifest_key, config.store.lock_key}) == 2
+            and not config.store.manifest_key.startswith(config.store.key_prefix)
+            and not config.store.lock_key.startswith(config.store.key_prefix),
+            "store.manifest_key and store.lock_key must differ and lie outside store.key_prefix",
+        ),
     ]
     for ok, message in checks:
         if not ok:

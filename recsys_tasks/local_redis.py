@@ -47,26 +47,72 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files for a TLS-only local Redis: its certificate and key, and the CA that signed it."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+def throwaway_tls(directory: Path, host: str = "127.0.0.1") -> TLSFiles:
+    """A throwaway CA and a server certificate for ``host`` (made with ``openssl``), for tests only."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise LocalRedisError("openssl is not installed (apt-get install openssl)")
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert = (directory / n for n in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt"))
+    ext = directory / "server.ext"
+    ext.write_text(f"subjectAltName=IP:{host},DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    quiet = {"check": True, "capture_output": True}
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    "/CN=recsys-test-ca", "-keyout", str(ca_key), "-out", str(ca)], **quiet)
+    subprocess.run([openssl, "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={host}",
+                    "-keyout", str(key), "-out", str(csr)], **quiet)
+    subprocess.run([openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+                    "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(cert)], **quiet)
+    return TLSFiles(cert=cert, key=key, ca=ca)
+
+
 @dataclass
 class LocalRedis:
     port: int
     directory: Path
     password: str | None = None
+    appendonly: bool = False
+    """Persist every write to an append-only file (``appendfsync always``), so a killed server restarts
+    with exactly the writes it acknowledged."""
+    tls: TLSFiles | None = None
+    """Serve TLS only (no plain-text port), with this certificate."""
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
 
     @property
     def pidfile(self) -> Path:
         return self.directory / "redis.pid"
 
+    @property
+    def pid(self) -> int | None:
+        return int(self.pidfile.read_text().strip()) if self.pidfile.exists() else None
+
+    def client(self, **kwargs: object) -> object:
+        """A redis-py client for this server (password and TLS filled in)."""
+        import redis
+
+        options: dict[str, object] = {"port": self.port, "password": self.password, "socket_timeout": 5}
+        if self.tls:
+            options.update(ssl=True, ssl_ca_certs=str(self.tls.ca))
+        return redis.Redis(host="127.0.0.1", **{**options, **kwargs})
+
     def start(self, timeout_s: float = 15.0) -> LocalRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
         args = [
             redis_server_binary(),
-            "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--loadmodule", str(rejson_module()),
             "--dir", str(self.directory),
@@ -74,8 +120,17 @@ class LocalRedis:
             "--logfile", str(self.directory / "redis.log"),
             "--daemonize", "yes",
             "--save", "",
-            "--appendonly", "no",
         ]
+        if self.appendonly:
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]
+        if self.tls:
+            args += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls.cert),
+                     "--tls-key-file", str(self.tls.key), "--tls-ca-cert-file", str(self.tls.ca),
+                     "--tls-auth-clients", "no"]
+        else:
+            args += ["--port", str(self.port)]
         if self.password:
             args += ["--requirepass", self.password]
         subprocess.run(args, check=True)
@@ -90,34 +145,72 @@ class LocalRedis:
 
     def ping(self) -> bool:
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         try:
-            client = redis.Redis(port=self.port, password=self.password, socket_timeout=1)
+            client = self.client(socket_timeout=1, retry=Retry(NoBackoff(), 0))
             ok = bool(client.ping())
             modules = {m.get(b"name", m.get("name")) for m in client.module_list()}
             return ok and bool(modules & {b"ReJSON", "ReJSON"})
         except redis.RedisError:
             return False
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        if not self.pidfile.exists():
-            return
-        pid = int(self.pidfile.read_text().strip())
+    def _signal(self, signum: int) -> None:
         import os
+
+        if self.pid is not None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM kill would: no shutdown, no final save."""
         import signal
 
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
+        pid = self.pid
+        self._signal(signal.SIGKILL)
+        self._wait_gone(pid, 10.0)
+        self.pidfile.unlink(missing_ok=True)
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its sockets but answers nothing, so clients time out."""
+        import signal
+
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        import signal
+
+        self._signal(signal.SIGCONT)
+
+    @staticmethod
+    def _wait_gone(pid: int | None, timeout_s: float) -> bool:
+        import os
+
+        if pid is None:
+            return True
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
-                return
+                return True
             time.sleep(0.05)
-        os.kill(pid, signal.SIGKILL)
+        return False
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        import os
+        import signal
+
+        pid = self.pid
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        if not self._wait_gone(pid, timeout_s):
+            os.kill(pid, signal.SIGKILL)
 
 
 def main(argv: list[str] | None = None) -> int:

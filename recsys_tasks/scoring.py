@@ -78,6 +78,12 @@ def load_catalog(paths: RunPaths) -> Catalog:
     item_embeddings = _embedding_matrix(
         pd.read_parquet(require(paths.item_embeddings, "fit_retrieval")), "item_id", item_ids, paths.item_embeddings
     )
+    from .validation import check_finite, check_unique_ids
+
+    check_unique_ids(user_ids, "user_id", paths.user_features)
+    check_unique_ids(item_ids, "item_id", paths.item_features)
+    check_finite(user_embeddings, paths.user_embeddings)
+    check_finite(item_embeddings, paths.item_embeddings)
     clicks = read_processed(require(paths.retrieval_train, "transform"), columns=["user_id", "item_id"])
     user_rows = _row_lookup(user_ids)[clicks["user_id"].to_numpy()]
     item_rows = _row_lookup(item_ids)[clicks["item_id"].to_numpy()]

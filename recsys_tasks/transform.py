@@ -36,27 +36,10 @@ TARGET = "click"
 
 
 def check_raw_parquet(directory: Path) -> list[Path]:
-    """Check every raw parquet file's schema before NVTabular sees it; name the file at fault."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """Check every raw parquet file before NVTabular sees it (see ``validation.check_raw_parquet``)."""
+    from .validation import check_raw_parquet as check
 
-    files = sorted(directory.glob("*.parquet"))
-    if not files:
-        raise InputDataError(f"{directory}: no *.parquet files (written by the 'generate_data' stage)")
-    for file in files:
-        try:
-            schema = pq.read_schema(file)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise InputDataError(f"{file}: not a readable parquet file ({exc})") from exc
-        missing = [c for c in RAW_COLUMNS if c not in schema.names]
-        if missing:
-            raise InputDataError(f"{file}: missing column(s) {missing}; expected the Ali-CCP raw schema")
-        for column in RAW_COLUMNS:
-            if not pa.types.is_integer(schema.field(column).type):
-                raise InputDataError(
-                    f"{file}: column {column!r} has type {schema.field(column).type}, expected an integer"
-                )
-    return files
+    return check(directory, RAW_COLUMNS, produced_by="generate_data")
 
 
 def build_workflow(categories_dir: Path) -> Any:

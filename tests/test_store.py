@@ -46,7 +46,8 @@ def test_publish_writes_notebook_documents_with_ttl_and_manifest(tmp_path, redis
     summary = publish(client, path, SETTINGS, run_id="run-1", logical_date="2026-11-28T00:00:00+00:00",
                       generated_at="2026-11-28T01:00:00+00:00")
     assert summary["users"] == 50
-    assert CountingRedis.pipelines == 3  # 50 documents in chunks of 20, not one round trip per key
+    # 50 documents in chunks of 20 (not one round trip per key), plus one for the MEMORY USAGE sample
+    assert CountingRedis.pipelines == 3 + 1
 
     doc = fetch(redis_client, 1007, SETTINGS)
     assert doc == {
