@@ -131,6 +131,11 @@ def test_backfill_dates_run_end_to_end_with_mapped_scoring(airflow_env, redis_se
     # Day 1: three shards from the environment. Day 2: a manual-run param beats it (two shards), and
     # top_n 4 instead of TINY's 5.
     days = {"2026-11-20": ({}, 3, 5), "2026-11-21": ({"scoring.num_shards": 2, "scoring.top_n": 4}, 2, 4)}
+    # The README's backfill command accepts this DAG and plans one run per date (dry run: no scheduler here).
+    run_airflow(env, "dags", "reserialize")
+    plan = run_airflow(env, "backfill", "create", "--dag-id", DAG_ID, "--from-date", "2026-11-20",
+                       "--to-date", "2026-11-21", "--dry-run").stdout
+    assert "2026-11-20 00:00:00+00:00" in plan and "2026-11-21 00:00:00+00:00" in plan, plan[-2000:]
     runs = {}
     for day, (conf, _, _) in days.items():
         result = run_airflow(env, "dags", "test", DAG_ID, day, "-c", json.dumps(conf))
