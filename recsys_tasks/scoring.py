@@ -304,11 +304,13 @@ def score_shard(config: Config, run_dir: str | Path, shard_index: int) -> dict[s
     plan = read_plan(paths)
     shard_rows(plan["users"], plan["num_shards"], shard_index)  # a bad index fails before the model loads
     used = device()
-    log.info("score shard %d of %d starting on %s in %s", shard_index, plan["num_shards"], used, paths.root)
+    log.info("stage score starting on %s (shard %d of %d) in %s", used, shard_index, plan["num_shards"], paths.root)
     catalog, model = _load_inputs(paths, config.scoring)
     _check_plan_matches(paths, plan, catalog)
     summary = {"device": used, **_score_part(catalog, model, config.scoring, paths, shard_index, plan["num_shards"])}
     _write_json(paths.shard_summary(shard_index), summary)
+    log.info("stage score done in %.1fs (shard %d of %d): %d users", summary["seconds"], shard_index,
+             plan["num_shards"], summary["users"])
     return summary
 
 
