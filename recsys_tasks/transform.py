@@ -111,11 +111,17 @@ def dask_cluster(settings: TransformConfig) -> Iterator[dict[str, Any]]:
     if settings.dask_cluster == "local":
         options.setdefault("threads_per_worker", 1)
     cluster_type = "cuda" if settings.dask_cluster == "local_cuda" else "cpu"
-    with Distributed(cluster_type=cluster_type, force_new=True, **options) as dist:
-        workers = len(dist.client.scheduler_info()["workers"])
-        log.info("transform on a %s Dask cluster with %d worker(s): %s", settings.dask_cluster, workers,
-                 dist.client.dashboard_link)
-        yield {"dask_cluster": settings.dask_cluster, "dask_workers": workers}
+    dist = Distributed(cluster_type=cluster_type, force_new=True, **options)
+    cluster = dist.cluster
+    try:
+        # Closing the client does not stop a cluster handed to it: stop the workers too.
+        with dist:
+            workers = len(dist.client.scheduler_info()["workers"])
+            log.info("transform on a %s Dask cluster with %d worker(s): %s", settings.dask_cluster, workers,
+                     dist.client.dashboard_link)
+            yield {"dask_cluster": settings.dask_cluster, "dask_workers": workers}
+    finally:
+        cluster.close()
 
 
 @stage("transform")

@@ -159,6 +159,10 @@ def test_transform_on_a_dask_local_cluster_matches_the_single_process(pipeline_r
     on_dask = config.with_overrides({"transform.dask_cluster": "local", "transform.dask_workers": 1})
     summary = transform(on_dask, target.root)
     assert summary["dask_cluster"] == "local" and summary["dask_workers"] == 1
+    # The cluster lived only for the stage: no client is left behind for later work.
+    from merlin.core.utils import global_dask_client
+
+    assert global_dask_client() is None
     for name in ("train", "valid", "retrieval_train"):
         got = read_processed(getattr(target, name))
         expected = read_processed(getattr(paths, name))
