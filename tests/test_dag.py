@@ -159,6 +159,7 @@ def test_backfill_dates_run_end_to_end_with_mapped_scoring(airflow_env, redis_se
         instances = mapped_score_instances(env, run_id)
         assert sorted(int(r["map_index"]) for r in instances) == list(range(shards)), instances
         assert {r["state"] for r in instances} == {"success"}
+        assert shard_labels(env, run_id) == [f"shard {i}" for i in range(shards)]
         raw_by_day[day] = pd.read_parquet(paths.raw_train)
     # Data is tied to the logical date: the two days generated different impressions.
     first, second = raw_by_day.values()
@@ -172,6 +173,19 @@ def test_backfill_dates_run_end_to_end_with_mapped_scoring(airflow_env, redis_se
     doc = fetch(redis_client, int(pq_users(RunPaths(run_dirs[1]))[0]), Config().store)
     assert len(doc["recommendations"]) == 4
     assert doc["run_id"] == manifest["run_id"]
+
+
+def shard_labels(env, run_id: str) -> list[str]:
+    """What the UI shows for each mapped score instance (map_index_template), from the metadata DB."""
+    import sqlite3
+    from pathlib import Path
+
+    with sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db") as db:
+        rows = db.execute(
+            "SELECT rendered_map_index FROM task_instance WHERE task_id = 'score' AND run_id = ? ORDER BY map_index",
+            (run_id,),
+        ).fetchall()
+    return [row[0] for row in rows]
 
 
 def pq_users(paths) -> list[int]:
