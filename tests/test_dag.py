@@ -192,3 +192,17 @@ def pq_users(paths) -> list[int]:
     import pyarrow.parquet as pq
 
     return pq.read_table(paths.recommendations, columns=["user_id"]).column("user_id").to_pylist()
+
+
+def test_data_seed_follows_the_logical_date_unless_pinned(monkeypatch):
+    import pendulum
+
+    monkeypatch.syspath_prepend(str(REPO / "plugins"))
+    monkeypatch.delenv("RECSYS__DATA__SEED", raising=False)
+    from recsys_airflow import task_config
+
+    day = pendulum.datetime(2026, 11, 20, tz="UTC")
+    assert task_config({"params": {}, "logical_date": day}).data.seed == 42 + 20261120
+    assert task_config({"params": {}, "logical_date": day.add(days=1)}).data.seed == 42 + 20261121
+    assert task_config({"params": {"data.seed": 7}, "logical_date": day}).data.seed == 7
+    assert task_config({"params": {}, "logical_date": None}).data.seed == 42
