@@ -6,7 +6,7 @@ recommendations for **every user** to Redis (RedisJSON), where applications read
 `JSON.GET USER:<raw user id>` in well under a millisecond.
 
 ```
-generate_data -> transform -> fit_retrieval --> score -> load_redis
+generate_data -> transform -> fit_retrieval --> plan_scoring -> score[0..N-1] -> collect_scores -> load_redis
                           \-> fit_ranking   -/
 ```
 
@@ -16,12 +16,16 @@ generate_data -> transform -> fit_retrieval --> score -> load_redis
 | `transform` | NVTabular workflow (Categorify, raw ids kept, target tagged, Dropna); click subset | `processed/` |
 | `fit_retrieval` | Two-Tower (in-batch negatives); full-catalog recall/ndcg; embeddings, query tower | `retrieval/` |
 | `fit_ranking` | DLRM; validation AUC; SavedModel | `ranking/` |
-| `score` | all users: top-K by dot product, seen items dropped, DLRM-ranked, top-N kept | `scoring/` |
+| `plan_scoring` | clears earlier parts, records the shard count (`scoring.num_shards`) | `scoring/shards/` |
+| `score` | mapped, one per shard of users: top-K, seen dropped, DLRM-ranked, top-N | `scoring/recommendations/` |
+| `collect_scores` | after every shard: exactly the planned parts are in, every user once | `summaries/score.json` |
 | `load_redis` | pipelined `JSON.SET` + TTL per user, then the manifest key | Redis |
 
 Each run writes to `<artifact_root>/offline_batch_recsys/<run_id>/`, so scheduled runs, manual
-runs and backfills never overwrite each other. Every task runs on the `gpu` queue and pool and retries
-on its own. Redis comes from the `redis_recs` connection. Params left empty use the configuration
+runs and backfills never overwrite each other; unless the `data.seed` param is set, the data seed is
+tied to the logical date, so each date of a backfill has its own data. Every task runs on the `gpu`
+queue and pool and retries on its own (each scoring shard too, so N GPU workers score in parallel).
+Redis comes from the `redis_recs` connection. Params left empty use the configuration
 (defaults, `$RECSYS_CONFIG` YAML file, `RECSYS__SECTION__FIELD` environment variables).
 """
 
@@ -31,7 +35,7 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
-from recsys_airflow import run_stage
+from recsys_airflow import collect_scoring_shards, plan_scoring_shards, run_stage, score_shard
 
 DEFAULT_ARGS = {
     "owner": "recsys",
@@ -54,11 +58,12 @@ PARAMS = {
     "ranking.epochs": _optional_int("DLRM training epochs (default 3)."),
     "scoring.top_k": _optional_int("Candidates retrieved per user (default 100)."),
     "scoring.top_n": _optional_int("Items published per user (default 20)."),
+    "scoring.num_shards": _optional_int("Scoring shards, one mapped task each (default 1)."),
     "store.force": Param(
-        False,
-        type="boolean",
+        None,
+        type=["null", "boolean"],
         description="Publish even if Redis already holds a run with a newer logical date (backfill that must "
-        "win, or rollback). Off: an older run's load is skipped and logged.",
+        "win, or rollback). Empty/off: an older run's load is skipped and logged.",
     ),
 }
 
@@ -92,15 +97,26 @@ def offline_batch_recsys() -> None:
         return run_stage("fit_ranking", get_current_context())
 
     @task
-    def score(_retrieval: dict, _ranking: dict) -> dict:
-        return run_stage("score", get_current_context())
+    def plan_scoring(_retrieval: dict, _ranking: dict) -> list[int]:
+        return plan_scoring_shards(get_current_context())
+
+    @task(map_index_template="{{ shard_label }}")
+    def score(shard_index: int) -> dict:
+        context = get_current_context()
+        context["shard_label"] = f"shard {shard_index}"
+        return score_shard(shard_index, context)
+
+    @task
+    def collect_scores(_shards: list[dict]) -> dict:
+        return collect_scoring_shards(get_current_context())
 
     @task
     def load_redis(_scores: dict) -> dict:
         return run_stage("load_redis", get_current_context())
 
     features = transform(generate_data())
-    load_redis(score(fit_retrieval(features), fit_ranking(features)))
+    shards = plan_scoring(fit_retrieval(features), fit_ranking(features))
+    load_redis(collect_scores(score.expand(shard_index=shards)))
 
 
 offline_batch_recsys()

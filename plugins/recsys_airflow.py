@@ -1,4 +1,4 @@
-"""Airflow-only glue for the offline_batch_recsys DAG: config from params, run directory, Redis client.
+"""Airflow-only glue for the offline_batch_recsys DAG: config from params, run directory, Redis client, shards.
 
 Everything here needs Airflow; everything else lives in the Airflow-free ``recsys_tasks`` package.
 """
@@ -14,11 +14,25 @@ CONFIG_FILE_ENV = "RECSYS_CONFIG"
 
 
 def task_config(context: Any) -> Any:
-    """Config defaults <- YAML file named by ``$RECSYS_CONFIG`` <- ``RECSYS__*`` env <- non-null DAG params."""
+    """Config defaults <- YAML file named by ``$RECSYS_CONFIG`` <- ``RECSYS__*`` env <- non-null DAG params.
+
+    Unless the run's ``data.seed`` param is set, the data seed is tied to the run's logical date
+    (:func:`seed_for_date`): every date of a backfill gets its own data, and rerunning a date
+    reproduces it.
+    """
     from recsys_tasks.config import load_config
 
     overrides = {k: v for k, v in (context.get("params") or {}).items() if "." in k and v is not None}
-    return load_config(os.environ.get(CONFIG_FILE_ENV) or None, overrides=overrides)
+    config = load_config(os.environ.get(CONFIG_FILE_ENV) or None, overrides=overrides)
+    date = context.get("logical_date")
+    if "data.seed" not in overrides and date is not None:
+        config = config.with_overrides({"data.seed": seed_for_date(config.data.seed, date)})
+    return config
+
+
+def seed_for_date(base_seed: int, date: Any) -> int:
+    """The configured seed plus the date as ``YYYYMMDD`` (e.g. 42 on 2026-11-20 gives 20261162)."""
+    return int(base_seed) + int(date.strftime("%Y%m%d"))
 
 
 def task_run_dir(context: Any, config: Any) -> Path:
@@ -56,3 +70,30 @@ def run_stage(name: str, context: Any) -> dict[str, Any]:
     run_dir = task_run_dir(context, config)
     client = redis_client() if name == "load_redis" else None
     return run(name, config, run_dir, redis_client=client, run_id=context["run_id"], logical_date=logical_date(context))
+
+
+def plan_scoring_shards(context: Any) -> list[int]:
+    """Clear the run's recommendation parts, record the shard count; the shard indices feed ``.expand()``."""
+    from recsys_tasks.scoring import plan_shards
+
+    config = task_config(context)
+    return plan_shards(config, task_run_dir(context, config))["shards"]
+
+
+def score_shard(shard_index: int, context: Any) -> dict[str, Any]:
+    """One mapped ``score`` task instance: its shard's users into its own part file."""
+    import logging
+
+    from recsys_tasks.scoring import score_shard as run
+
+    logging.getLogger("recsys_tasks").setLevel(logging.INFO)
+    config = task_config(context)
+    return run(config, task_run_dir(context, config), int(shard_index))
+
+
+def collect_scoring_shards(context: Any) -> dict[str, Any]:
+    """After all shards: check every planned part is in (and nothing else) and write the score summary."""
+    from recsys_tasks.scoring import collect_shards
+
+    config = task_config(context)
+    return collect_shards(config, task_run_dir(context, config))

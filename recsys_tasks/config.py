@@ -34,6 +34,21 @@ class DataConfig:
     """Seed for the generator, so a rerun of the same run reproduces its data."""
 
 
+DASK_CLUSTERS = ("none", "local", "local_cuda")
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    """Stage 2: where NVTabular runs."""
+
+    dask_cluster: str = "none"
+    """``none``: one process (Dask's default scheduler); ``local``: a ``distributed.LocalCluster`` of CPU
+    worker processes; ``local_cuda``: a ``dask_cuda.LocalCUDACluster``, one worker per visible GPU."""
+    dask_workers: int = 0
+    """Workers of the local cluster; 0 lets Dask decide (one per GPU for ``local_cuda``, per core group
+    for ``local``)."""
+
+
 @dataclass(frozen=True)
 class RetrievalConfig:
     """Stage 3: Two-Tower retrieval model (merlin-models ``TwoTowerModelV2``, in-batch negatives)."""
@@ -73,6 +88,9 @@ class ScoringConfig:
     """Users retrieved per matrix product (bounds memory: chunk x catalog scores)."""
     rank_batch_rows: int = 65_536
     """(user, item) pairs per DLRM call."""
+    num_shards: int = 1
+    """Users are split into this many contiguous shards, scored independently (one mapped Airflow task
+    each, so several GPU workers score in parallel) and written as one recommendations part per shard."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +131,7 @@ class Config:
     artifact_root: str = "artifacts"
     """Each run writes under ``<artifact_root>/<dag_id>/<run_id>/``."""
     data: DataConfig = field(default_factory=DataConfig)
+    transform: TransformConfig = field(default_factory=TransformConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     ranking: RankingConfig = field(default_factory=RankingConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
@@ -249,6 +268,12 @@ def _validate(config: Config) -> None:
         ),
         (config.scoring.user_chunk_size > 0, "scoring.user_chunk_size must be > 0"),
         (config.scoring.rank_batch_rows > 0, "scoring.rank_batch_rows must be > 0"),
+        (config.scoring.num_shards >= 1, f"scoring.num_shards must be >= 1, got {config.scoring.num_shards}"),
+        (
+            config.transform.dask_cluster in DASK_CLUSTERS,
+            f"transform.dask_cluster must be one of {', '.join(DASK_CLUSTERS)}; got {config.transform.dask_cluster!r}",
+        ),
+        (config.transform.dask_workers >= 0, "transform.dask_workers must be >= 0"),
         (config.store.ttl_s > 0, f"store.ttl_s must be > 0, got {config.store.ttl_s}"),
         (config.store.pipeline_chunk_keys > 0, "store.pipeline_chunk_keys must be > 0"),
         (bool(config.store.key_prefix), "store.key_prefix must not be empty"),

@@ -117,6 +117,18 @@ class RunPaths:
     def recommendation_part(self, shard_index: int = 0) -> Path:
         return self.recommendations / f"part-{shard_index:05d}.parquet"
 
+    @property
+    def scoring_shards(self) -> Path:
+        """The shard plan and one summary per scored shard."""
+        return self.scoring / "shards"
+
+    @property
+    def scoring_plan(self) -> Path:
+        return self.scoring_shards / "plan.json"
+
+    def shard_summary(self, shard_index: int) -> Path:
+        return self.scoring_shards / f"shard-{shard_index:05d}.json"
+
     # stage 6
     @property
     def load(self) -> Path:

@@ -518,6 +518,9 @@ def load_redis(config: Config, run_dir: str | Path, client: Any, *, run_id: str,
     log.info("stage load_redis starting in %s", paths.root)
     generated_at = read_summary(paths, "score").get("generated_at", logical_date)
     recommendations = require(paths.recommendations, "score")
+    from .scoring import collect_parts
+
+    collect_parts(config, paths)  # every planned shard's part is in, and nothing else (no stale parts)
     with timed() as clock:
         result = publish(
             client, recommendations, config.store, run_id=run_id, logical_date=logical_date, generated_at=generated_at

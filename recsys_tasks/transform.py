@@ -2,16 +2,19 @@
 
 Outputs: ``processed/{train,valid}`` (all impressions, for ranking), ``processed/retrieval/{train,valid}``
 (clicks only, for the Two-Tower model), ``processed/categories`` (Categorify's mappings) and the fitted
-workflow in ``processed/workflow`` so the same encoding can be reapplied later.
+workflow in ``processed/workflow`` so the same encoding can be reapplied later. Runs in one process by
+default, or on a local Dask cluster (CPU or one worker per GPU) when ``transform.dask_cluster`` says so.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .common import InputDataError, get_logger, stage
-from .config import Config
+from .config import Config, TransformConfig
 from .data import RAW_COLUMNS
 from .paths import RunPaths, require
 
@@ -73,14 +76,51 @@ def _clicked_only(frame: Any) -> Any:
     return frame[frame[TARGET] == 1]
 
 
+@contextlib.contextmanager
+def dask_cluster(settings: TransformConfig) -> Iterator[dict[str, Any]]:
+    """Run the enclosed NVTabular work on the configured Dask cluster; yield what was used (for the summary).
+
+    ``none`` keeps Dask's default single-process scheduler. ``local`` starts a ``distributed.LocalCluster``
+    of CPU worker processes, ``local_cuda`` a ``dask_cuda.LocalCUDACluster`` with one worker per visible
+    GPU (``CUDA_VISIBLE_DEVICES`` picks them); both are created through Merlin's ``Distributed``, which
+    makes them the client NVTabular uses, and both are shut down on exit, also after an error.
+    """
+    if settings.dask_cluster == "none":
+        yield {"dask_cluster": "none", "dask_workers": 0}
+        return
+    from merlin.core.utils import Distributed
+
+    options: dict[str, Any] = {"n_workers": settings.dask_workers} if settings.dask_workers else {}
+    if settings.dask_cluster == "local":
+        options.setdefault("threads_per_worker", 1)
+    cluster_type = "cuda" if settings.dask_cluster == "local_cuda" else "cpu"
+    dist = Distributed(cluster_type=cluster_type, force_new=True, **options)
+    cluster = dist.cluster
+    try:
+        # Closing the client does not stop a cluster handed to it: stop the workers too.
+        with dist:
+            workers = len(dist.client.scheduler_info()["workers"])
+            log.info("transform on a %s Dask cluster with %d worker(s): %s", settings.dask_cluster, workers,
+                     dist.client.dashboard_link)
+            yield {"dask_cluster": settings.dask_cluster, "dask_workers": workers}
+    finally:
+        cluster.close()
+
+
 @stage("transform")
 def transform(config: Config, paths: RunPaths) -> dict[str, Any]:
+    train_files = check_raw_parquet(require(paths.raw_train, "generate_data"))
+    valid_files = check_raw_parquet(require(paths.raw_valid, "generate_data"))
+    with dask_cluster(config.transform) as cluster:
+        summary = _transform(paths, train_files, valid_files)
+    return {**summary, **cluster}
+
+
+def _transform(paths: RunPaths, train_files: list[Path], valid_files: list[Path]) -> dict[str, Any]:
     import nvtabular as nvt
     from merlin.io import Dataset
     from nvtabular import ops
 
-    train_files = check_raw_parquet(require(paths.raw_train, "generate_data"))
-    valid_files = check_raw_parquet(require(paths.raw_valid, "generate_data"))
     for directory in (paths.categories, paths.workflow, paths.train, paths.valid):
         paths.fresh(directory)
     for directory in (paths.retrieval_train, paths.retrieval_valid):
