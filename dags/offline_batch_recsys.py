@@ -6,22 +6,25 @@ recommendations for **every user** to Redis (RedisJSON), where applications read
 `JSON.GET USER:<raw user id>` in well under a millisecond.
 
 ```
-generate_data -> transform -> fit_retrieval --> score -> load_redis
+generate_data -> transform -> fit_retrieval --> score -> evaluate -> load_redis
                           \-> fit_ranking   -/
 ```
 
 | task | what it does | writes (under the run's directory) |
 |---|---|---|
-| `generate_data` | synthetic Ali-CCP raw impressions (train/valid) | `raw/` |
+| `generate_data` | raw Ali-CCP impressions (train/valid): planted synthetic (default), Merlin's or parquet | `raw/` |
 | `transform` | NVTabular workflow (Categorify, raw ids kept, target tagged, Dropna); click subset | `processed/` |
 | `fit_retrieval` | Two-Tower (in-batch negatives); full-catalog recall/ndcg; embeddings, query tower | `retrieval/` |
 | `fit_ranking` | DLRM; validation AUC; SavedModel | `ranking/` |
 | `score` | all users: top-K by dot product, seen items dropped, DLRM-ranked, top-N kept | `scoring/` |
-| `load_redis` | pipelined `JSON.SET` + TTL per user, then the manifest key | Redis |
+| `evaluate` | recall/ndcg vs popularity and oracle, ranking AUC, list quality, plots | `report.json`, `evaluation/` |
+| `load_redis` | quality gate, then pipelined `JSON.SET` + TTL per user, fallback list, manifest key | Redis |
 
 Each run writes to `<artifact_root>/offline_batch_recsys/<run_id>/`, so scheduled runs, manual
 runs and backfills never overwrite each other. Every task runs on the `gpu` queue and pool and retries
-on its own. Redis comes from the `redis_recs` connection. Params left empty use the configuration
+on its own. `load_redis` publishes nothing when the run fails the quality gate (thresholds in the
+`quality` config section; `quality.force_publish` overrides, loudly). Redis comes from the `redis_recs`
+connection. Params left empty use the configuration
 (defaults, `$RECSYS_CONFIG` YAML file, `RECSYS__SECTION__FIELD` environment variables).
 """
 
@@ -90,11 +93,15 @@ def offline_batch_recsys() -> None:
         return run_stage("score", get_current_context())
 
     @task
-    def load_redis(_scores: dict) -> dict:
+    def evaluate(_scores: dict) -> dict:
+        return run_stage("evaluate", get_current_context())
+
+    @task
+    def load_redis(_report: dict) -> dict:
         return run_stage("load_redis", get_current_context())
 
     features = transform(generate_data())
-    load_redis(score(fit_retrieval(features), fit_ranking(features)))
+    load_redis(evaluate(score(fit_retrieval(features), fit_ranking(features))))
 
 
 offline_batch_recsys()

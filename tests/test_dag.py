@@ -46,7 +46,9 @@ def test_dag_shape(dag):
     assert dag.max_active_runs == 1
     assert dag.doc_md and "load_redis" in dag.doc_md
     tasks = {t.task_id: t for t in dag.tasks}
-    assert set(tasks) == {"generate_data", "transform", "fit_retrieval", "fit_ranking", "score", "load_redis"}
+    assert set(tasks) == {
+        "generate_data", "transform", "fit_retrieval", "fit_ranking", "score", "evaluate", "load_redis"
+    }
     upstream = {tid: set(t.upstream_task_ids) for tid, t in tasks.items()}
     assert upstream == {
         "generate_data": set(),
@@ -54,7 +56,8 @@ def test_dag_shape(dag):
         "fit_retrieval": {"transform"},
         "fit_ranking": {"transform"},
         "score": {"fit_retrieval", "fit_ranking"},
-        "load_redis": {"score"},
+        "evaluate": {"score"},
+        "load_redis": {"evaluate"},
     }
     for task in tasks.values():
         assert task.queue == "gpu" and task.pool == "gpu", task.task_id
@@ -115,7 +118,9 @@ def test_airflow_dags_test_runs_end_to_end(airflow_env, redis_server, redis_clie
     assert len(runs) == 1, runs
     paths = RunPaths(runs[0])
     summaries = {p.stem: json.loads(p.read_text()) for p in (paths.root / "summaries").glob("*.json")}
-    assert set(summaries) == {"generate_data", "transform", "fit_retrieval", "fit_ranking", "score", "load_redis"}, (
+    assert set(summaries) == {
+        "generate_data", "transform", "fit_retrieval", "fit_ranking", "score", "evaluate", "load_redis"
+    }, (
         result.stdout[-3000:]
     )
     manifest = read_manifest(redis_client)
