@@ -34,9 +34,9 @@ class DataConfig:
     """Share of rows held out for validation (the notebook uses 0.3)."""
     seed: int = 42
     """Seed for the generator, so a rerun of the same run reproduces its data."""
-    num_users: int = 5000
+    num_users: int = 2000
     """``planted``: users in the population (those with no impression in train are not scored)."""
-    num_items: int = 1000
+    num_items: int = 500
     """``planted``: items in the catalog."""
     click_rate: float = 0.1
     """``planted``: mean click probability of an impression (the intercept is calibrated to it)."""
@@ -46,7 +46,7 @@ class DataConfig:
     """``planted``: size of the hidden user and item taste vectors."""
     signal_strength: float = 10.0
     """``planted``: weight of taste affinity in the click logit (0 makes clicks ignore taste)."""
-    popularity_exponent: float = 0.5
+    popularity_exponent: float = 0.4
     """``planted``: item exposure follows rank ** -exponent (long tail)."""
     train_path: str = ""
     """``parquet``: a raw training parquet file or a directory of them."""
@@ -66,6 +66,10 @@ class RetrievalConfig:
     eval_k: int = 10
     """Cut-off of the full-catalog recall/ndcg evaluation."""
     seed: int = 42
+    learning_rate: float = 0.001
+    """Adam's step size."""
+    popularity_correction: bool = True
+    """Export the logQ correction of in-batch negatives as an extra embedding column (see retrieval.py)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,8 @@ class RankingConfig:
     batch_size_rows: int = 16 * 1024
     epochs: int = 3
     seed: int = 42
+    learning_rate: float = 0.001
+    """Adam's step size."""
 
 
 @dataclass(frozen=True)
