@@ -53,7 +53,7 @@ def _optional_int(description: str, minimum: int = 1) -> Param:
 PARAMS = {
     "data.num_rows": _optional_int("Impressions to generate (train + valid); the notebook uses 1,000,000."),
     "data.seed": _optional_int("Seed of the data generator.", minimum=0),
-    "retrieval.epochs": _optional_int("Two-Tower training epochs (default 2)."),
+    "retrieval.epochs": _optional_int("Two-Tower training epochs (default 8)."),
     "ranking.epochs": _optional_int("DLRM training epochs (default 3)."),
     "scoring.top_k": _optional_int("Candidates retrieved per user (default 100)."),
     "scoring.top_n": _optional_int("Items published per user (default 20)."),

@@ -28,7 +28,7 @@ class DataConfig:
     source: str = "planted"
     """``planted`` (synthetic, learnable, known truth), ``merlin`` (the notebook's random clicks) or
     ``parquet`` (user-supplied raw files, ``train_path``/``valid_path``)."""
-    num_rows: int = 100_000
+    num_rows: int = 200_000
     """Impressions generated (train + valid); ``planted`` and ``merlin`` only."""
     valid_fraction: float = 0.3
     """Share of rows held out for validation (the notebook uses 0.3)."""
@@ -61,13 +61,15 @@ class RetrievalConfig:
     tower_dims: tuple[int, ...] = (128, 64)
     """MLP layers of each tower; the last one is the embedding size."""
     optimizer: str = "adam"
-    batch_size_rows: int = 4096
-    epochs: int = 2
+    batch_size_rows: int = 512
+    """The notebook uses 4096 and 2 epochs: on 100,000 impressions (~7,000 clicks) that is 4 gradient
+    steps and the towers learn nothing (loss flat at log(4096)); 512 x 8 epochs learns the planted taste."""
+    epochs: int = 8
     eval_k: int = 10
     """Cut-off of the full-catalog recall/ndcg evaluation."""
     seed: int = 42
-    learning_rate: float = 0.001
-    """Adam's step size."""
+    learning_rate: float = 0.01
+    """Step size (Keras' Adam default is 0.001, too slow for the few steps a daily job affords)."""
     popularity_correction: bool = True
     """Export the logQ correction of in-batch negatives as an extra embedding column (see retrieval.py)."""
 
@@ -80,7 +82,8 @@ class RankingConfig:
     bottom_dims: tuple[int, ...] = (128, 64)
     top_dims: tuple[int, ...] = (128, 64, 32)
     optimizer: str = "adam"
-    batch_size_rows: int = 16 * 1024
+    batch_size_rows: int = 1024
+    """The notebook uses 16k: 13 steps in 3 epochs on 70,000 training rows and the AUC stays at 0.51."""
     epochs: int = 3
     seed: int = 42
     learning_rate: float = 0.001
