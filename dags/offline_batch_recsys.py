@@ -6,26 +6,30 @@ recommendations for **every user** to Redis (RedisJSON), where applications read
 `JSON.GET USER:<raw user id>` in well under a millisecond.
 
 ```
-generate_data -> transform -> fit_retrieval --> plan_scoring -> score[0..N-1] -> collect_scores -> load_redis
-                          \-> fit_ranking   -/
+generate_data -> transform -> fit_retrieval --> plan_scoring -> score[0..N-1] -> collect_scores
+                          \-> fit_ranking   -/                                              |
+                                                        load_redis <- evaluate <-----------/
 ```
 
 | task | what it does | writes (under the run's directory) |
 |---|---|---|
-| `generate_data` | synthetic Ali-CCP raw impressions (train/valid) | `raw/` |
+| `generate_data` | raw Ali-CCP impressions (train/valid): planted synthetic (default), Merlin's or parquet | `raw/` |
 | `transform` | NVTabular workflow (Categorify, raw ids kept, target tagged, Dropna); click subset | `processed/` |
 | `fit_retrieval` | Two-Tower (in-batch negatives); full-catalog recall/ndcg; embeddings, query tower | `retrieval/` |
 | `fit_ranking` | DLRM; validation AUC; SavedModel | `ranking/` |
 | `plan_scoring` | clears earlier parts, records the shard count (`scoring.num_shards`) | `scoring/shards/` |
 | `score` | mapped, one per shard of users: top-K, seen dropped, DLRM-ranked, top-N | `scoring/recommendations/` |
 | `collect_scores` | after every shard: exactly the planned parts are in, every user once | `summaries/score.json` |
-| `load_redis` | pipelined `JSON.SET` + TTL per user, then the manifest key | Redis |
+| `evaluate` | recall/ndcg vs popularity and oracle, ranking AUC, list quality, plots | `report.json`, `evaluation/` |
+| `load_redis` | quality gate, then pipelined `JSON.SET` + TTL per user, fallback list, manifest key | Redis |
 
 Each run writes to `<artifact_root>/offline_batch_recsys/<run_id>/`, so scheduled runs, manual
 runs and backfills never overwrite each other; unless the `data.seed` param is set, the data seed is
 tied to the logical date, so each date of a backfill has its own data. Every task runs on the `gpu`
 queue and pool and retries on its own (each scoring shard too, so N GPU workers score in parallel).
-Redis comes from the `redis_recs` connection. Params left empty use the configuration
+`load_redis` publishes nothing when the run fails the quality gate (thresholds in the `quality` config
+section; `quality.force_publish` overrides, loudly). Redis comes from the `redis_recs` connection.
+Params left empty use the configuration
 (defaults, `$RECSYS_CONFIG` YAML file, `RECSYS__SECTION__FIELD` environment variables).
 """
 
@@ -54,7 +58,7 @@ def _optional_int(description: str, minimum: int = 1) -> Param:
 PARAMS = {
     "data.num_rows": _optional_int("Impressions to generate (train + valid); the notebook uses 1,000,000."),
     "data.seed": _optional_int("Seed of the data generator.", minimum=0),
-    "retrieval.epochs": _optional_int("Two-Tower training epochs (default 2)."),
+    "retrieval.epochs": _optional_int("Two-Tower training epochs (default 8)."),
     "ranking.epochs": _optional_int("DLRM training epochs (default 3)."),
     "scoring.top_k": _optional_int("Candidates retrieved per user (default 100)."),
     "scoring.top_n": _optional_int("Items published per user (default 20)."),
@@ -111,12 +115,16 @@ def offline_batch_recsys() -> None:
         return collect_scoring_shards(get_current_context())
 
     @task
-    def load_redis(_scores: dict) -> dict:
+    def evaluate(_scores: dict) -> dict:
+        return run_stage("evaluate", get_current_context())
+
+    @task
+    def load_redis(_report: dict) -> dict:
         return run_stage("load_redis", get_current_context())
 
     features = transform(generate_data())
     shards = plan_scoring(fit_retrieval(features), fit_ranking(features))
-    load_redis(collect_scores(score.expand(shard_index=shards)))
+    load_redis(evaluate(collect_scores(score.expand(shard_index=shards))))
 
 
 offline_batch_recsys()

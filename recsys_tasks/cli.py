@@ -1,6 +1,6 @@
 """``python -m recsys_tasks <stage> --run-dir DIR``: every stage runnable without Airflow.
 
-``run`` runs all six stages in order; ``fetch USER_ID`` prints one published document. Redis is
+``run`` runs all seven stages in order; ``fetch USER_ID`` prints one published document. Redis is
 reached through ``--redis-url`` (default: the ``RECSYS_REDIS_URL`` environment variable).
 """
 
@@ -23,6 +23,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 def stage_functions() -> dict[str, Any]:
     from .data import generate_data
+    from .evaluate import evaluate
     from .ranking import fit_ranking
     from .retrieval import fit_retrieval
     from .scoring import score
@@ -34,6 +35,7 @@ def stage_functions() -> dict[str, Any]:
         "fit_retrieval": fit_retrieval,
         "fit_ranking": fit_ranking,
         "score": score,
+        "evaluate": evaluate,
     }
 
 
@@ -171,6 +173,13 @@ def _headline(summary: dict[str, Any]) -> str:
     if stage == "score":
         return (f"{summary['users']} users, K={summary['top_k']} N={summary['top_n']}, "
                 f"{summary['users_per_s']} users/s, short lists {summary['short_lists']}")
+    if stage == "evaluate":
+        retrieval, lists = summary["retrieval"], summary["lists"]
+        oracle, k = retrieval.get("oracle"), str(retrieval["cutoffs"][0])
+        return (f"recall@{k} model {retrieval['model']['recall'][k]:.4f} / popularity "
+                f"{retrieval['popularity']['recall'][k]:.4f} / oracle "
+                f"{oracle['recall'][k] if oracle else float('nan'):.4f}, AUC {summary['ranking']['auc']:.4f}, "
+                f"coverage {lists['catalog_coverage']:.3f}, report {summary.get('report_md', summary['report_json'])}")
     if stage == "load_redis":
         if not summary.get("published", True):
             return f"not published: {summary.get('reason', '')}"

@@ -55,6 +55,13 @@ def seed_everything(seed: int) -> None:
     tf.keras.utils.set_random_seed(seed)
 
 
+def make_optimizer(name: str, learning_rate: float) -> Any:
+    """A Keras optimizer by name (``"adam"``, ``"adagrad"``, ...) with the given step size."""
+    import tensorflow as tf
+
+    return tf.keras.optimizers.get({"class_name": name, "config": {"learning_rate": learning_rate}})
+
+
 @contextlib.contextmanager
 def timed() -> Iterator[dict[str, float]]:
     box: dict[str, float] = {}

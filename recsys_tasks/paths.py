@@ -41,6 +41,11 @@ class RunPaths:
     def raw_valid(self) -> Path:
         return self.raw / "valid"
 
+    @property
+    def truth(self) -> Path:
+        """The planted generator's click model (latent factors, exposure), for the oracle."""
+        return self.raw / "truth.npz"
+
     # stage 2
     @property
     def processed(self) -> Path:
@@ -128,6 +133,24 @@ class RunPaths:
 
     def shard_summary(self, shard_index: int) -> Path:
         return self.scoring_shards / f"shard-{shard_index:05d}.json"
+
+    # evaluate
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "evaluation"
+
+    @property
+    def report_json(self) -> Path:
+        return self.root / "report.json"
+
+    @property
+    def report_md(self) -> Path:
+        return self.evaluation / "report.md"
+
+    @property
+    def fallback_list(self) -> Path:
+        """The popularity list ``load_redis`` publishes for users with no document."""
+        return self.evaluation / "fallback.json"
 
     # stage 6
     @property

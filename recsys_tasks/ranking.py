@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import get_logger, quiet_tensorflow, seed_everything, stage
+from .common import get_logger, make_optimizer, quiet_tensorflow, seed_everything, stage
 from .config import Config, RankingConfig
 from .paths import RunPaths, require
 from .transform import RAW_ID_COLUMNS, TARGET
@@ -26,7 +26,11 @@ def build_dlrm(schema: Any, settings: RankingConfig) -> Any:
         top_block=mm.MLPBlock(list(settings.top_dims)),
         prediction_tasks=mm.BinaryClassificationTask(TARGET),
     )
-    model.compile(optimizer=settings.optimizer, run_eagerly=False, metrics=[tf.keras.metrics.AUC(name="auc")])
+    model.compile(
+        optimizer=make_optimizer(settings.optimizer, settings.learning_rate),
+        run_eagerly=False,
+        metrics=[tf.keras.metrics.AUC(name="auc")],
+    )
     return model
 
 

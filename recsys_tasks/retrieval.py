@@ -2,13 +2,20 @@
 
 Trains on clicks, evaluates recall/ndcg over the full item catalog through a top-k encoder, and
 exports the query tower, user and item feature tables and user and item embeddings for scoring.
+
+In-batch negatives make the towers learn ``log P(item | user) - log Q(item)`` where Q is the item's
+share of training clicks (every positive is also everybody's negative in proportion to its clicks),
+so popular items are systematically under-scored. With ``retrieval.popularity_correction`` (default)
+the exported embeddings carry the standard logQ correction as one extra column, ``popularity_bias``:
+1.0 for every user and ``log Q(item)`` for every item, so any dot-product consumer (scoring, a vector
+index) ranks by ``<query, item> + log Q(item)`` without knowing about it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .common import get_logger, quiet_tensorflow, seed_everything, stage
+from .common import get_logger, make_optimizer, quiet_tensorflow, seed_everything, stage
 from .config import Config, RetrievalConfig
 from .features import build_feature_tables
 from .paths import RunPaths, require
@@ -40,7 +47,7 @@ def build_two_tower(schema: Any, settings: RetrievalConfig) -> Any:
 
     model = mm.TwoTowerModelV2(tower(Tags.USER), tower(Tags.ITEM))
     model.compile(
-        optimizer=settings.optimizer,
+        optimizer=make_optimizer(settings.optimizer, settings.learning_rate),
         run_eagerly=False,
         loss="categorical_crossentropy",
         metrics=[mm.RecallAt(settings.eval_k), mm.NDCGAt(settings.eval_k)],
@@ -63,6 +70,22 @@ def encode(encoder: Any, table: Any, columns: list[str], batch_rows: int) -> Any
         inputs = {c: tf.constant(batch[c].to_numpy().reshape(-1, 1)) for c in columns}
         parts.append(np.asarray(encoder(inputs, training=False), dtype=np.float32))
     return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+
+
+POPULARITY_BIAS_COLUMN = "popularity_bias"
+
+
+def click_log_frequency(clicks_dir: Any, item_ids: Any) -> Any:
+    """``log Q(item)``: each item's share of training clicks, add-one smoothed, aligned with ``item_ids``."""
+    import numpy as np
+
+    from .features import read_processed
+
+    clicked = read_processed(clicks_dir, columns=["item_id"])["item_id"].to_numpy()
+    counts = np.zeros(int(max(item_ids.max(initial=0), clicked.max(initial=0))) + 1)
+    np.add.at(counts, clicked, 1.0)
+    per_item = counts[item_ids]
+    return np.log((per_item + 1.0) / (per_item.sum() + len(item_ids)))
 
 
 def embeddings_frame(ids: Any, vectors: Any, id_column: str) -> Any:
@@ -104,11 +127,19 @@ def fit_retrieval(config: Config, paths: RunPaths) -> dict[str, Any]:
     user_vectors = encode(model.query_encoder, user_table, user_columns, EVAL_BATCH_ROWS)
     item_embeddings = embeddings_frame(item_table["item_id"].to_numpy(), item_vectors, "item_id")
     user_embeddings = embeddings_frame(user_table["user_id"].to_numpy(), user_vectors, "user_id")
-    item_embeddings.to_parquet(paths.item_embeddings, index=False)
-    user_embeddings.to_parquet(paths.user_embeddings, index=False)
+    exported_items, exported_users = item_embeddings, user_embeddings
+    if settings.popularity_correction:
+        exported_items = item_embeddings.assign(**{
+            POPULARITY_BIAS_COLUMN: click_log_frequency(paths.retrieval_train, item_table["item_id"].to_numpy())
+        })
+        exported_users = user_embeddings.assign(**{POPULARITY_BIAS_COLUMN: 1.0})
+    exported_items.to_parquet(paths.item_embeddings, index=False)
+    exported_users.to_parquet(paths.user_embeddings, index=False)
 
     # Full-catalog evaluation (the in-batch metrics seen during fit use sampled negatives only):
-    # a top-k encoder over every item's embedding, scored on validation clicks.
+    # a top-k encoder over every item's tower embedding (without the popularity correction, which the
+    # query tower does not produce), scored on validation clicks. The evaluate stage scores the exported,
+    # corrected embeddings that scoring uses.
     top_k_encoder = mm.TopKEncoder(
         model.query_encoder,
         candidates=Dataset(item_embeddings.set_index("item_id")),
@@ -131,6 +162,7 @@ def fit_retrieval(config: Config, paths: RunPaths) -> dict[str, Any]:
         "users": int(len(user_table)),
         "items": int(len(item_table)),
         "embedding_dim": int(item_embeddings.shape[1] - 1),
+        "popularity_correction": settings.popularity_correction,
         "query_tower": str(paths.query_tower),
         "user_embeddings": str(paths.user_embeddings),
         "item_embeddings": str(paths.item_embeddings),

@@ -3,10 +3,12 @@
 This module owns every Redis key name. A document lives at ``<key_prefix><raw user id>`` and holds
 the notebook's fields (``user_id``, ``recommendations``) plus ``scores``, ``run_id``,
 ``logical_date`` and ``generated_at``. Writes go out in pipelined chunks (``transaction=False``),
-each ``JSON.SET`` followed by an ``EXPIRE``; the manifest is written only after the last document.
-Around that loop: the whole file is validated first, one load at a time holds a lock, a run older
-than the published one is skipped unless forced (the rollback), connection faults are retried with
-bounded backoff, and users who drop out keep a TTL. Functions take a redis-py client; they never build one.
+each ``JSON.SET`` followed by an ``EXPIRE``; the popularity list for users with no document goes to
+``fallback_key`` (``RECSYS:FALLBACK``) and the manifest is written only after the last document.
+Nothing is written unless the run passes the quality gate (:mod:`recsys_tasks.quality`). Around the
+write loop: the whole file is validated first, one load at a time holds a lock, a run older than the
+published one is skipped unless forced (the rollback), connection faults are retried with bounded
+backoff, and users who drop out keep a TTL. Functions take a redis-py client; they never build one.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from . import quality
 from .common import InputDataError, get_logger, read_summary, timed, write_summary
 from .config import Config, StoreConfig
 from .paths import RunPaths, require
+from .report import summary_lines
 
 log = get_logger("load_redis")
 
@@ -438,12 +442,19 @@ def sample_memory(client: Any, settings: StoreConfig, user_ids: Any) -> dict[str
     }
 
 
-def write_manifest(client: Any, settings: StoreConfig, manifest: dict[str, Any]) -> None:
-    client.execute_command("JSON.SET", settings.manifest_key, "$", json.dumps(manifest))
+def write_fallback(client: Any, settings: StoreConfig, fallback: dict[str, Any], run_fields: dict[str, str]) -> None:
+    """The popularity list for users with no document, at ``settings.fallback_key`` (same TTL)."""
+    doc = {"recommendations": [int(i) for i in fallback["recommendations"]],
+           "scores": [round(float(s), 6) for s in fallback["scores"]], **run_fields, "fallback": True}
+    pipe = client.pipeline(transaction=False)
+    pipe.execute_command("JSON.SET", settings.fallback_key, "$", json.dumps(doc, separators=(",", ":")))
+    pipe.expire(settings.fallback_key, settings.ttl_s)
+    pipe.execute()
 
 
 def publish(
-    client: Any, path: Path, settings: StoreConfig, *, run_id: str, logical_date: str, generated_at: str
+    client: Any, path: Path, settings: StoreConfig, *, run_id: str, logical_date: str, generated_at: str,
+    fallback: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Validate everything, then, holding the load lock: compare logical dates, write every user's
     document (pipelined, with TTL), let dropped-out users expire, and write the manifest last.
@@ -472,6 +483,8 @@ def publish(
                 lock.ensure_held()
                 if counts["written"] != users:
                     raise RuntimeError(f"{path}: wrote {counts['written']} documents, expected {users}")
+                if fallback is not None:
+                    write_fallback(client, settings, fallback, run_fields)
                 elapsed = time.perf_counter() - started
                 leftovers = sweep_leftovers(client, settings, user_ids, logical_date,
                                             delete_newer=settings.force)
@@ -522,18 +535,36 @@ def load_redis(config: Config, run_dir: str | Path, client: Any, *, run_id: str,
 
     collect_parts(config, paths)  # every planned shard's part is in, and nothing else (no stale parts)
     with timed() as clock:
+        # The quality gate runs before anything is written; it raises unless the run is good enough.
+        report, gate = quality.enforce(paths, config.quality)
+        fallback = json.loads(require(paths.fallback_list, "evaluate").read_text())
         result = publish(
-            client, recommendations, config.store, run_id=run_id, logical_date=logical_date, generated_at=generated_at
+            client, recommendations, config.store, run_id=run_id, logical_date=logical_date, generated_at=generated_at,
+            fallback=fallback,
         )
-    summary = {"stage": "load_redis", "device": device(), "seconds": clock["seconds"], **result}
+    summary = {"stage": "load_redis", "device": device(), "seconds": clock["seconds"], **result, "quality_gate": gate}
     log.info("stage load_redis done in %.1fs: %s", clock["seconds"], json.dumps(summary))
+    for line in summary_lines(report, gate, result):
+        log.info("%s", line)
     return write_summary(paths, "load_redis", summary)
 
-def fetch(client: Any, user_id: int, settings: StoreConfig | None = None) -> dict[str, Any] | None:
-    """The published document of one user (by raw id), or None when there is none."""
+def fetch(
+    client: Any, user_id: int, settings: StoreConfig | None = None, *, fallback: bool = True
+) -> dict[str, Any] | None:
+    """The published document of one user (by raw id).
+
+    A user with no document (cold or unknown) gets the popularity list published under
+    ``settings.fallback_key``, with this ``user_id`` and ``"fallback": true``; None only when neither
+    exists (or ``fallback=False``).
+    """
     settings = settings or StoreConfig()
     raw = client.execute_command("JSON.GET", user_key(settings, user_id))
-    return None if raw is None else json.loads(raw)
+    if raw is not None:
+        return json.loads(raw)
+    if not fallback:
+        return None
+    raw = client.execute_command("JSON.GET", settings.fallback_key)
+    return None if raw is None else {"user_id": int(user_id), **json.loads(raw), "fallback": True}
 
 
 def read_manifest(client: Any, settings: StoreConfig | None = None) -> dict[str, Any] | None:

@@ -48,7 +48,7 @@ def test_dag_shape(dag):
     tasks = {t.task_id: t for t in dag.tasks}
     assert set(tasks) == {
         "generate_data", "transform", "fit_retrieval", "fit_ranking", "plan_scoring", "score", "collect_scores",
-        "load_redis",
+        "evaluate", "load_redis",
     }
     upstream = {tid: set(t.upstream_task_ids) for tid, t in tasks.items()}
     assert upstream == {
@@ -59,7 +59,8 @@ def test_dag_shape(dag):
         "plan_scoring": {"fit_retrieval", "fit_ranking"},
         "score": {"plan_scoring"},
         "collect_scores": {"score"},
-        "load_redis": {"collect_scores"},
+        "evaluate": {"collect_scores"},
+        "load_redis": {"evaluate"},
     }
     # score is mapped over the shard indices plan_scoring returns; the others are plain tasks.
     assert tasks["score"].is_mapped and not tasks["collect_scores"].is_mapped
@@ -148,7 +149,7 @@ def test_backfill_dates_run_end_to_end_with_mapped_scoring(airflow_env, redis_se
         paths = RunPaths(run_dir)
         summaries = {p.stem: json.loads(p.read_text()) for p in (paths.root / "summaries").glob("*.json")}
         assert set(summaries) == {"generate_data", "transform", "fit_retrieval", "fit_ranking", "score",
-                                  "load_redis"}, runs[day].stdout[-3000:]
+                                  "evaluate", "load_redis"}, runs[day].stdout[-3000:]
         assert day in summaries["load_redis"]["manifest"]["logical_date"]
         assert summaries["score"]["num_shards"] == shards and summaries["score"]["top_n"] == top_n
         assert sorted(p.name for p in paths.recommendations.glob("*.parquet")) == [

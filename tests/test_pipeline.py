@@ -62,7 +62,9 @@ def test_fit_retrieval_exports(pipeline_run):
     assert len(users) == read_processed(paths.train)["user_id"].nunique() == summary["users"]
     assert (user_emb["user_id"].to_numpy() == users["user_id"].to_numpy()).all()
     assert (item_emb["item_id"].to_numpy() == items["item_id"].to_numpy()).all()
-    assert user_emb.shape[1] - 1 == item_emb.shape[1] - 1 == 64
+    # 64 tower dimensions plus the popularity (logQ) correction column: 1 for users, log Q(item) for items.
+    assert user_emb.shape[1] - 1 == item_emb.shape[1] - 1 == 65
+    assert (user_emb["popularity_bias"] == 1.0).all() and (item_emb["popularity_bias"] < 0).all()
     assert np.isfinite(user_emb.drop(columns="user_id").to_numpy()).all()
     assert (paths.query_tower / "saved_model.pb").exists()
 
@@ -76,7 +78,7 @@ def test_query_tower_reloads_and_reproduces_user_embeddings(pipeline_run):
     users = pd.read_parquet(paths.user_features).head(16)
     inputs = {c: tf.constant(users[c].to_numpy().reshape(-1, 1)) for c in users.columns if c != "user_id_raw"}
     reloaded = np.asarray(tower(inputs, training=False))
-    stored = pd.read_parquet(paths.user_embeddings).head(16).drop(columns="user_id").to_numpy()
+    stored = pd.read_parquet(paths.user_embeddings).head(16).drop(columns=["user_id", "popularity_bias"]).to_numpy()
     np.testing.assert_allclose(reloaded, stored, rtol=1e-4, atol=1e-5)
 
 

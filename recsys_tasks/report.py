@@ -1,0 +1,207 @@
+"""The run's report for people: PNG plots and ``evaluation/report.md`` next to ``report.json``.
+
+Also the one-screen summary that ``load_redis`` logs at its end. Plots use matplotlib's Agg backend,
+so no display is needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .paths import RunPaths
+
+PLOTS = {
+    "recall": "recall_at_k.png",
+    "loss": "training_loss.png",
+    "scores": "score_distribution.png",
+    "exposure": "item_exposure.png",
+}
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_recall(report: dict[str, Any], target: Path) -> None:
+    plt = _pyplot()
+    retrieval = report["retrieval"]
+    cutoffs = [str(k) for k in retrieval["cutoffs"]]
+    methods = [m for m in ("model", "popularity", "oracle") if retrieval.get(m)]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        values = [retrieval[method]["recall"][k] for k in cutoffs]
+        ax.bar(np.arange(len(cutoffs)) + i * width, values, width, label=method)
+    ax.set_xticks(np.arange(len(cutoffs)) + width * (len(methods) - 1) / 2, [f"recall@{k}" for k in cutoffs])
+    ax.set_ylabel("recall on validation clicks")
+    ax.set_title(f"Retrieval over the full catalog ({retrieval['users_evaluated']} users)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
+
+
+def plot_losses(losses: dict[str, list[float]], target: Path) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, (name, title) in zip(axes, (("fit_retrieval", "Two-Tower"), ("fit_ranking", "DLRM"))):
+        values = losses.get(name) or []
+        ax.plot(np.arange(1, len(values) + 1), values, marker="o")
+        ax.set_title(f"{title} training loss")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+    fig.tight_layout()
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
+
+
+def plot_scores(labels: np.ndarray, predictions: np.ndarray, published: np.ndarray, target: Path) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    bins = np.linspace(0.0, 1.0, 41)
+    labels = np.asarray(labels).astype(bool)
+    axes[0].hist(predictions[~labels], bins=bins, alpha=0.6, density=True, label="no click")
+    axes[0].hist(predictions[labels], bins=bins, alpha=0.6, density=True, label="click")
+    axes[0].set_title("DLRM scores on validation impressions")
+    axes[0].legend()
+    axes[1].hist(published, bins=bins, color="tab:green")
+    axes[1].set_title("Scores in the published lists")
+    for ax in axes:
+        ax.set_xlabel("predicted click probability")
+    fig.tight_layout()
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
+
+
+def plot_exposure(exposure: np.ndarray, gini_value: float, target: Path) -> None:
+    plt = _pyplot()
+    counts = np.sort(np.asarray(exposure))[::-1]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    axes[0].plot(np.arange(1, len(counts) + 1), counts)
+    axes[0].set_xlabel("item rank")
+    axes[0].set_ylabel("lists containing the item")
+    axes[0].set_title("Item exposure in published lists")
+    ascending = counts[::-1].astype(np.float64)
+    share = np.concatenate([[0.0], np.cumsum(ascending) / max(ascending.sum(), 1.0)])
+    axes[1].plot(np.linspace(0, 1, len(share)), share, label="published lists")
+    axes[1].plot([0, 1], [0, 1], linestyle="--", color="grey", label="equal exposure")
+    axes[1].set_xlabel("share of items (least exposed first)")
+    axes[1].set_ylabel("share of exposure")
+    axes[1].set_title(f"Lorenz curve, Gini {gini_value:.3f}")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    retrieval, ranking, lists = report["retrieval"], report["ranking"], report["lists"]
+    cutoffs = [str(k) for k in retrieval["cutoffs"]]
+    methods = [m for m in ("model", "popularity", "oracle") if retrieval.get(m)]
+    lines = [
+        "# Run report",
+        "",
+        f"Data source: `{report['source']}`. Numbers are also in `../report.json`.",
+        "",
+        f"## Retrieval (full catalog, {retrieval['users_evaluated']} users with validation clicks)",
+        "",
+        "| method | " + " | ".join(f"recall@{k} | ndcg@{k}" for k in cutoffs) + " |",
+        "|---" * (1 + 2 * len(cutoffs)) + "|",
+    ]
+    for method in methods:
+        cells = " | ".join(
+            f"{retrieval[method]['recall'][k]:.4f} | {retrieval[method]['ndcg'][k]:.4f}" for k in cutoffs
+        )
+        lines.append(f"| {method} | {cells} |")
+    lines += [
+        "",
+        f"![recall@k]({PLOTS['recall']})",
+        "",
+        "## Ranking (validation impressions)",
+        "",
+        f"DLRM AUC {ranking['auc']:.4f}, log loss {ranking['log_loss']:.4f} "
+        f"(base rate {ranking['base_rate_log_loss']:.4f}); popularity AUC {ranking['popularity_auc']:.4f}.",
+        "",
+        f"![training loss]({PLOTS['loss']})",
+        "",
+        f"![scores]({PLOTS['scores']})",
+        "",
+        f"## Published lists (N = {lists['top_n']})",
+        "",
+        f"- recall@N {lists['recall_at_n']:.4f} / ndcg@N {lists['ndcg_at_n']:.4f} for the ranked lists, "
+        f"{lists['retrieval_order_recall_at_n']:.4f} / {lists['retrieval_order_ndcg_at_n']:.4f} in retrieval order",
+        f"- {lists['users_with_list']} lists for {lists['catalog_users']} known users "
+        f"(coverage {lists['user_coverage']:.4f}), full lists {lists['full_list_share']:.4f}",
+        f"- catalog coverage {lists['catalog_coverage']:.4f}, Gini of item exposure {lists['exposure_gini']:.4f}",
+        f"- empty {lists['empty_lists']}, short {lists['short_lists']}, with duplicates {lists['duplicate_lists']}, "
+        f"holding a seen item {lists['lists_with_seen_item']}",
+        "",
+        f"![exposure]({PLOTS['exposure']})",
+        "",
+        "## Stages",
+        "",
+        "| stage | device | seconds |",
+        "|---|---|---|",
+        *[f"| {name} | {s['device']} | {s['seconds']} |" for name, s in report["stages"].items()],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(
+    paths: RunPaths,
+    report: dict[str, Any],
+    *,
+    losses: dict[str, list[float]],
+    validation_scores: tuple[np.ndarray, np.ndarray],
+    published_scores: np.ndarray,
+    exposure: np.ndarray,
+) -> Path:
+    """The four PNG plots and ``report.md`` in ``evaluation/``."""
+    out = paths.evaluation
+    out.mkdir(parents=True, exist_ok=True)
+    plot_recall(report, out / PLOTS["recall"])
+    plot_losses(losses, out / PLOTS["loss"])
+    plot_scores(*validation_scores, published_scores, out / PLOTS["scores"])
+    plot_exposure(exposure, report["lists"]["exposure_gini"], out / PLOTS["exposure"])
+    paths.report_md.write_text(markdown(report))
+    return paths.report_md
+
+
+def summary_lines(report: dict[str, Any], gate: dict[str, Any], published: dict[str, Any] | None) -> list[str]:
+    """The one-screen summary ``load_redis`` logs last."""
+    retrieval, ranking, lists = report["retrieval"], report["ranking"], report["lists"]
+    k = str(retrieval["cutoffs"][0])
+    oracle = retrieval.get("oracle")
+    lines = [
+        "=" * 78,
+        f"RUN SUMMARY (source {report['source']})",
+        f"retrieval recall@{k}: model {retrieval['model']['recall'][k]:.4f} | popularity "
+        f"{retrieval['popularity']['recall'][k]:.4f} | oracle {_fmt(oracle['recall'][k] if oracle else None)}",
+        f"ranking AUC {ranking['auc']:.4f} (popularity {ranking['popularity_auc']:.4f}), "
+        f"log loss {ranking['log_loss']:.4f}",
+        f"lists: recall@{lists['top_n']} {lists['recall_at_n']:.4f} ranked vs "
+        f"{lists['retrieval_order_recall_at_n']:.4f} retrieval order; coverage {lists['catalog_coverage']:.3f}; "
+        f"Gini {lists['exposure_gini']:.3f}; full {lists['full_list_share']:.3f}; seen {lists['lists_with_seen_item']}",
+        "stages: " + ", ".join(f"{n} {s['seconds']}s/{s['device']}" for n, s in report["stages"].items()),
+        f"quality gate: {'PASSED' if gate['passed'] else 'FAILED'}"
+        + (" -- PUBLISHED ANYWAY (quality.force_publish)" if gate.get("forced") else ""),
+    ]
+    lines += [f"  {c['name']}: {'ok' if c['passed'] else 'FAIL'} - {c['detail']}" for c in gate["checks"]]
+    if published is not None:
+        run = published.get("manifest", {}).get("run_id")
+        lines.append(f"published {published.get('users')} documents, manifest run {run}")
+    lines.append("=" * 78)
+    return lines
