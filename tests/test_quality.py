@@ -253,7 +253,9 @@ def test_stale_report_is_refused(evaluated_run, tmp_path, redis_client):
     part = next((root / "scoring" / "recommendations").glob("*.parquet"))
     part.write_bytes(part.read_bytes())  # same content: still matches
     table = pd.read_parquet(part)
-    table.iloc[:-1].to_parquet(part, index=False)  # recommendations changed after evaluate
+    # Recommendations changed after evaluate (same users, so the shard plan still matches).
+    table.at[0, "recommendations"] = list(reversed(table.at[0, "recommendations"]))
+    table.to_parquet(part, index=False)
     with pytest.raises(QualityGateError, match="report_matches"):
         run_stage("load_redis", config, root, redis_client=redis_client, run_id="stale")
     assert redis_client.dbsize() == 0
