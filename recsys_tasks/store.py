@@ -50,8 +50,8 @@ def recommendation_files(path: Path) -> list[Path]:
     return files
 
 
-def iter_recommendations(path: Path, batch_rows: int) -> Iterator[dict[str, list[Any]]]:
-    """Stream every part of the recommendations in batches, checking each part's schema first."""
+def iter_recommendation_batches(path: Path, batch_rows: int) -> Iterator[Any]:
+    """Stream every part of the recommendations as pyarrow RecordBatches, checking each part's schema first."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -63,8 +63,13 @@ def iter_recommendations(path: Path, batch_rows: int) -> Iterator[dict[str, list
         missing = [c for c in REQUIRED_COLUMNS if c not in parquet.schema_arrow.names]
         if missing:
             raise InputDataError(f"{file}: missing column(s) {missing}; written by the 'score' stage")
-        for batch in parquet.iter_batches(batch_size=batch_rows, columns=list(REQUIRED_COLUMNS)):
-            yield batch.to_pydict()
+        yield from parquet.iter_batches(batch_size=batch_rows, columns=list(REQUIRED_COLUMNS))
+
+
+def iter_recommendations(path: Path, batch_rows: int) -> Iterator[dict[str, list[Any]]]:
+    """Stream every part of the recommendations in batches of Python lists, checking each part's schema first."""
+    for batch in iter_recommendation_batches(path, batch_rows):
+        yield batch.to_pydict()
 
 
 def validate_recommendations(path: Path, settings: StoreConfig) -> int:
@@ -86,27 +91,85 @@ def validate_recommendations(path: Path, settings: StoreConfig) -> int:
     return len(seen)
 
 
+def _bulk_string(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def encode_batch(
+    batch: Any, settings: StoreConfig, document_tail: str
+) -> tuple[bytes, int, int]:
+    """RESP for one batch: ``JSON.SET key $ doc`` then ``EXPIRE key ttl`` per user, as one bytes object.
+
+    ``batch`` is a pyarrow RecordBatch of the recommendations file. Each document is byte-for-byte
+    ``json.dumps(build_document(...), separators=(",", ":"))`` (``document_tail`` holds the run
+    fields already encoded), but lists are converted by pyarrow in one call per batch and written
+    with ``repr`` (the float/int spelling ``json`` uses), not element by element through ``json``.
+    Returns ``(payload, documents, document_bytes)``.
+    """
+    user_ids = batch.column("user_id").to_pylist()
+    recs_column, scores_column = batch.column("recommendations"), batch.column("scores")
+    rec_offsets = recs_column.offsets.to_pylist()
+    score_offsets = scores_column.offsets.to_pylist()
+    rec_values = recs_column.values.to_pylist()
+    score_values = [round(s, 6) for s in scores_column.values.to_pylist()]
+    expire = _bulk_string(str(int(settings.ttl_s)).encode())
+    prefix = settings.key_prefix.encode()
+    parts: list[bytes] = []
+    document_bytes = 0
+    for row, user_id in enumerate(user_ids):
+        recs = rec_values[rec_offsets[row] : rec_offsets[row + 1]]
+        scores = score_values[score_offsets[row] : score_offsets[row + 1]]
+        recs_json, scores_json = repr(recs).replace(" ", ""), repr(scores).replace(" ", "")
+        doc = f'{{"user_id":{int(user_id)},"recommendations":{recs_json},"scores":{scores_json},{document_tail}'
+        doc = doc.encode()
+        document_bytes += len(doc)
+        key = _bulk_string(prefix + str(int(user_id)).encode())
+        parts.append(b"*4\r\n$8\r\nJSON.SET\r\n%s$1\r\n$\r\n%s*3\r\n$6\r\nEXPIRE\r\n%s%s" % (
+            key, _bulk_string(doc), key, expire))
+    return b"".join(parts), len(user_ids), document_bytes
+
+
+def _read_replies(connection: Any, count: int) -> None:
+    """Read ``count`` replies; an error reply raises (and drops the connection, whose stream is now unusable)."""
+    try:
+        for _ in range(count):
+            connection.read_response()
+    except BaseException:
+        connection.disconnect()
+        raise
+
+
 def write_documents(client: Any, path: Path, settings: StoreConfig, run_fields: dict[str, str]) -> dict[str, int]:
     """The hot loop: one pipelined round trip per chunk of ``JSON.SET`` + ``EXPIRE`` commands.
 
-    ``run_fields`` (run id, logical date, generation time) go into every document.
+    ``run_fields`` (run id, logical date, generation time) go into every document. Commands are
+    encoded to RESP here in bulk and sent on one connection of the client's pool; the next chunk is
+    encoded while Redis executes the previous one, and every reply is read (an error reply raises).
+    This is what ``client.pipeline(transaction=False)`` sends, without redis-py's per-command Python.
     """
+    document_tail = ",".join(f"{json.dumps(n)}:{json.dumps(run_fields[n])}" for n in (
+        "run_id", "logical_date", "generated_at")) + "}"
     written, payload_bytes, started = 0, 0, time.perf_counter()
     next_report = started
-    for batch in iter_recommendations(path, settings.pipeline_chunk_keys):
-        pipe = client.pipeline(transaction=False)
-        for user_id, recs, scores in zip(batch["user_id"], batch["recommendations"], batch["scores"]):
-            doc = json.dumps(build_document(user_id, recs, scores, **run_fields), separators=(",", ":"))
-            payload_bytes += len(doc)
-            key = user_key(settings, user_id)
-            pipe.execute_command("JSON.SET", key, "$", doc)
-            pipe.expire(key, settings.ttl_s)
-        pipe.execute()
-        written += len(batch["user_id"])
-        now = time.perf_counter()
-        if now >= next_report:
-            log.info("loaded %d documents (%.0f keys/s)", written, written / max(now - started, 1e-9))
-            next_report = now + 10.0
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    pending = 0
+    try:
+        for batch in iter_recommendation_batches(path, settings.pipeline_chunk_keys):
+            payload, documents, document_bytes = encode_batch(batch, settings, document_tail)
+            connection.send_packed_command([payload], check_health=False)
+            # Replies of the previous chunk are read only now, so Redis worked while we encoded.
+            _read_replies(connection, pending)
+            pending = 2 * documents
+            written += documents
+            payload_bytes += document_bytes
+            now = time.perf_counter()
+            if now >= next_report:
+                log.info("loaded %d documents (%.0f keys/s)", written, written / max(now - started, 1e-9))
+                next_report = now + 10.0
+        _read_replies(connection, pending)
+    finally:
+        pool.release(connection)
     return {"written": written, "payload_bytes": payload_bytes}
 
 
