@@ -382,9 +382,10 @@ def run_scoring_child(run_dir: Path, top_k: int, top_n: int, chunk_users: int, r
                "--top-k", str(top_k), "--top-n", str(top_n), "--chunk-users", str(chunk_users),
                "--rank-batch-rows", str(rank_batch_rows)]
     log.info("scoring %s at K=%d N=%d in a child process", run_dir, top_k, top_n)
-    result = subprocess.run(command, capture_output=True, text=True)
+    # The child's log (progress: users done, rate, time left) goes straight to ours.
+    result = subprocess.run(command)
     if result.returncode != 0:
-        raise BenchError(f"scoring child failed ({result.returncode}): {result.stderr[-3000:]}")
+        raise BenchError(f"scoring child for {run_dir} failed with exit code {result.returncode} (its log is above)")
     return json.loads(out.read_text())
 
 
