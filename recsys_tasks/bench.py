@@ -166,6 +166,7 @@ def _to_arrow(frame: Any) -> Any:
 
 def subset_run(source: RunPaths, root: Path, num_users: int) -> RunPaths:
     """A run directory holding the first ``num_users`` users of ``source`` (same items and models)."""
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -175,9 +176,10 @@ def subset_run(source: RunPaths, root: Path, num_users: int) -> RunPaths:
     users = pq.read_table(source.user_features).slice(0, num_users)
     pq.write_table(users, paths.user_features)
     pq.write_table(pq.read_table(source.user_embeddings).slice(0, num_users), paths.user_embeddings)
-    kept = pc.is_in(pq.read_table(source.retrieval_train, columns=["user_id", "item_id"])["user_id"],
-                    value_set=users["user_id"])
-    clicks = pq.read_table(source.retrieval_train, columns=["user_id", "item_id"]).filter(kept)
+    clicks = pa.concat_tables(
+        pq.read_table(f, columns=["user_id", "item_id"]) for f in sorted(source.retrieval_train.glob("*.parquet"))
+    )
+    clicks = clicks.filter(pc.is_in(clicks["user_id"], value_set=users["user_id"]))
     pq.write_table(clicks, paths.retrieval_train / "part_0.parquet")
     for name in ("item_features", "item_embeddings"):
         getattr(paths, name).symlink_to(getattr(source, name).resolve())
