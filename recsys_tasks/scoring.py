@@ -139,18 +139,39 @@ def retrieve(catalog: Catalog, user_rows: np.ndarray, k: int) -> tuple[np.ndarra
     scores = tf.matmul(catalog.user_embeddings[user_rows], catalog.item_embeddings, transpose_b=True)
     starts = catalog.seen_indptr[user_rows]
     counts = catalog.seen_indptr[user_rows + 1] - starts
-    if counts.sum():
-        chunk_rows = np.repeat(np.arange(len(user_rows)), counts)
-        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        seen = catalog.seen_items[np.repeat(starts, counts) + offsets]
+    most_seen = int(counts.max()) if len(counts) else 0
+    if most_seen == 0:
+        top_scores, top_rows = (t.numpy() for t in top_k_blocked(scores, k))
+        top_rows = top_rows.astype(np.int64)
+        top_rows[np.isneginf(top_scores)] = -1
+        return top_rows, top_scores
+    chunk_rows = np.repeat(np.arange(len(user_rows)), counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    seen = catalog.seen_items[np.repeat(starts, counts) + offsets]
+    if most_seen > k:
+        # Heavy clickers: mask in place of the scores (a copy of the chunk's score matrix).
         scores = tf.tensor_scatter_nd_update(
             scores,
             np.stack([chunk_rows, seen], axis=1),
             tf.fill([len(seen)], tf.constant(-np.inf, dtype=scores.dtype)),
         )
-    top_scores, top_rows = top_k_blocked(scores, k)
-    top_scores = top_scores.numpy()
-    top_rows = top_rows.numpy().astype(np.int64)
+        top_scores, top_rows = (t.numpy() for t in top_k_blocked(scores, k))
+        top_rows = top_rows.astype(np.int64)
+        top_rows[np.isneginf(top_scores)] = -1
+        return top_rows, top_scores
+    # Usual case: no copy of the score matrix. Take k + (most items any user of the chunk has seen),
+    # drop each user's seen items and keep the first k left. top-k's order is total (score, then
+    # lower row first), so this is exactly the top-k of the masked scores.
+    wide = min(k + most_seen, catalog.num_items)
+    wide_scores, wide_rows = (t.numpy() for t in top_k_blocked(scores, wide))
+    wide_rows = wide_rows.astype(np.int64)
+    chunk_index = np.arange(len(user_rows), dtype=np.int64)[:, None]
+    is_seen = np.isin(chunk_index * catalog.num_items + wide_rows, chunk_rows * catalog.num_items + seen)
+    keep = np.argsort(is_seen, axis=1, kind="stable")[:, :k]
+    top_rows = np.take_along_axis(wide_rows, keep, axis=1)
+    top_scores = np.take_along_axis(wide_scores, keep, axis=1)
+    # Only when the whole catalog was taken can fewer than k unseen items remain.
+    top_scores[np.take_along_axis(is_seen, keep, axis=1)] = -np.inf
     top_rows[np.isneginf(top_scores)] = -1
     return top_rows, top_scores
 
