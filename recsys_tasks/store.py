@@ -189,6 +189,9 @@ def write_documents(client: Any, path: Path, settings: StoreConfig, run_fields: 
     """
     document_tail = ",".join(f"{json.dumps(n)}:{json.dumps(run_fields[n])}" for n in (
         "run_id", "logical_date", "generated_at")) + "}"
+    import pyarrow.parquet as pq
+
+    total = sum(pq.read_metadata(f).num_rows for f in recommendation_files(path))
     written, payload_bytes, started = 0, 0, time.perf_counter()
     next_report = started
     pool = client.connection_pool
@@ -205,7 +208,9 @@ def write_documents(client: Any, path: Path, settings: StoreConfig, run_fields: 
             payload_bytes += document_bytes
             now = time.perf_counter()
             if now >= next_report:
-                log.info("loaded %d documents (%.0f keys/s)", written, written / max(now - started, 1e-9))
+                rate = written / max(now - started, 1e-9)
+                log.info("loaded %d/%d documents (%.0f keys/s, %.0fs left)", written, total, rate,
+                         (total - written) / max(rate, 1e-9))
                 next_report = now + 10.0
         _read_replies(connection, pending)
     finally:
