@@ -1,6 +1,7 @@
 """``python -m recsys_tasks <stage> --run-dir DIR``: every stage runnable without Airflow.
 
-``run`` runs all seven stages in order; ``fetch USER_ID`` prints one published document. Redis is
+``run`` runs all seven stages in order; ``fetch USER_ID`` prints one published document; ``bench``
+measures scoring and loading against the notebook's method (``python -m recsys_tasks bench --help``). Redis is
 reached through ``--redis-url`` (default: the ``RECSYS_REDIS_URL`` environment variable).
 """
 
@@ -67,6 +68,11 @@ def _redis(url: str) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m recsys_tasks", description=__doc__)
     parser.add_argument("command", choices=[*STAGES, "run", "fetch", "show"])
     parser.add_argument("user_id", nargs="?", type=int, help="raw user id (fetch only)")

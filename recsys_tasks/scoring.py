@@ -29,6 +29,9 @@ from .paths import RunPaths, require
 
 log = get_logger("score")
 
+TOP_K_BLOCK_COLS = 100
+"""Preferred items per block in :func:`top_k_blocked` (a catalog of 100k items has 1,000 blocks)."""
+
 @dataclass
 class Catalog:
     """Everything scoring needs, as aligned numpy arrays (row i of a table is row i of its embeddings)."""
@@ -103,11 +106,43 @@ def load_catalog(paths: RunPaths) -> Catalog:
     )
 
 
+def block_width(cols: int, k: int) -> int | None:
+    """A block width for :func:`top_k_blocked` that divides ``cols`` (padding would copy the matrix), or None."""
+    widths = [w for w in range(48, 257) if cols % w == 0 and cols // w > 4 * k]
+    return min(widths, key=lambda w: abs(w - TOP_K_BLOCK_COLS)) if widths else None
+
+
+def top_k_blocked(scores: Any, k: int) -> tuple[Any, Any]:
+    """Exactly ``tf.math.top_k(scores, k, sorted=True)``, ties included, with less work on big catalogs.
+
+    TensorFlow's CPU top-k costs several ns per element; a max over contiguous blocks costs less.
+    Each row's top-k lies in its k blocks with the largest maxima (ties to the lower block), because
+    every element of a block ranked after those k has k elements ahead of it (their blocks' maxima).
+    So: block maxima -> top-k blocks -> gather them back in index order -> top-k of k * width
+    values. Gathering in index order keeps TensorFlow's tie-break (lower index first). Falls back
+    to plain top-k when the catalog is small or no block width divides it.
+    """
+    import tensorflow as tf
+
+    rows, cols = scores.shape
+    width = block_width(int(cols), k)
+    if width is None:
+        return tf.math.top_k(scores, k=k, sorted=True)
+    blocked = tf.reshape(scores, [rows, cols // width, width])
+    _, best_blocks = tf.math.top_k(tf.reduce_max(blocked, axis=2), k=k, sorted=False)
+    best_blocks = tf.sort(best_blocks, axis=1)
+    candidates = tf.reshape(tf.gather(blocked, best_blocks, batch_dims=1), [rows, k * width])
+    top_scores, positions = tf.math.top_k(candidates, k=k, sorted=True)
+    block_of = tf.gather(best_blocks, positions // width, batch_dims=1)
+    return top_scores, block_of * width + positions % width
+
+
 def retrieve(catalog: Catalog, user_rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k unseen item rows per user by dot product over the whole catalog.
 
     Returns ``(item_rows, scores)``, both ``[len(user_rows), k]``; where a user has fewer than k
-    unseen items the tail holds item row -1 and score -inf.
+    unseen items the tail holds item row -1 and score -inf. The order is ``tf.math.top_k``'s
+    (score descending, lower item row first among equal scores).
     """
     import tensorflow as tf
 
@@ -115,18 +150,39 @@ def retrieve(catalog: Catalog, user_rows: np.ndarray, k: int) -> tuple[np.ndarra
     scores = tf.matmul(catalog.user_embeddings[user_rows], catalog.item_embeddings, transpose_b=True)
     starts = catalog.seen_indptr[user_rows]
     counts = catalog.seen_indptr[user_rows + 1] - starts
-    if counts.sum():
-        chunk_rows = np.repeat(np.arange(len(user_rows)), counts)
-        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        seen = catalog.seen_items[np.repeat(starts, counts) + offsets]
+    most_seen = int(counts.max()) if len(counts) else 0
+    if most_seen == 0:
+        top_scores, top_rows = (t.numpy() for t in top_k_blocked(scores, k))
+        top_rows = top_rows.astype(np.int64)
+        top_rows[np.isneginf(top_scores)] = -1
+        return top_rows, top_scores
+    chunk_rows = np.repeat(np.arange(len(user_rows)), counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    seen = catalog.seen_items[np.repeat(starts, counts) + offsets]
+    if most_seen > k:
+        # Heavy clickers: mask in place of the scores (a copy of the chunk's score matrix).
         scores = tf.tensor_scatter_nd_update(
             scores,
             np.stack([chunk_rows, seen], axis=1),
             tf.fill([len(seen)], tf.constant(-np.inf, dtype=scores.dtype)),
         )
-    top_scores, top_rows = tf.math.top_k(scores, k=k, sorted=True)
-    top_scores = top_scores.numpy()
-    top_rows = top_rows.numpy().astype(np.int64)
+        top_scores, top_rows = (t.numpy() for t in top_k_blocked(scores, k))
+        top_rows = top_rows.astype(np.int64)
+        top_rows[np.isneginf(top_scores)] = -1
+        return top_rows, top_scores
+    # Usual case: no copy of the score matrix. Take k + (most items any user of the chunk has seen),
+    # drop each user's seen items and keep the first k left. top-k's order is total (score, then
+    # lower row first), so this is exactly the top-k of the masked scores.
+    wide = min(k + most_seen, catalog.num_items)
+    wide_scores, wide_rows = (t.numpy() for t in top_k_blocked(scores, wide))
+    wide_rows = wide_rows.astype(np.int64)
+    chunk_index = np.arange(len(user_rows), dtype=np.int64)[:, None]
+    is_seen = np.isin(chunk_index * catalog.num_items + wide_rows, chunk_rows * catalog.num_items + seen)
+    keep = np.argsort(is_seen, axis=1, kind="stable")[:, :k]
+    top_rows = np.take_along_axis(wide_rows, keep, axis=1)
+    top_scores = np.take_along_axis(wide_scores, keep, axis=1)
+    # Only when the whole catalog was taken can fewer than k unseen items remain.
+    top_scores[np.take_along_axis(is_seen, keep, axis=1)] = -np.inf
     top_rows[np.isneginf(top_scores)] = -1
     return top_rows, top_scores
 
@@ -141,16 +197,38 @@ def pair_features(catalog: Catalog, user_rows: np.ndarray, item_rows: np.ndarray
     return features
 
 
-def rank_pairs(model: Any, features: dict[str, np.ndarray], batch_rows: int) -> np.ndarray:
-    """DLRM click probability for every pair, in batches of ``batch_rows``."""
+_COMPILED: dict[Any, tuple[Any, Any]] = {}
+
+
+def compiled_predict(model: Any, features: dict[str, np.ndarray]) -> Any:
+    """The model's forward pass as one ``tf.function`` (traced once per model and input dtypes).
+
+    Calling a Keras/Merlin model eagerly runs it layer by layer from Python; a traced graph is what
+    ``model.predict`` runs, without its per-call data-adapter overhead. The batch dimension is left
+    open so the last, shorter batch does not trigger a retrace.
+    """
     import tensorflow as tf
 
+    key = (id(model), tuple(sorted((c, v.dtype.str) for c, v in features.items())))
+    cached = _COMPILED.get(key)
+    if cached is None or cached[0] is not model:
+        signature = {c: tf.TensorSpec([None, 1], tf.as_dtype(v.dtype), name=c) for c, v in features.items()}
+        fn = tf.function(lambda batch: model(batch, training=False), input_signature=[signature])
+        cached = _COMPILED[key] = (model, fn)
+    return cached[1]
+
+
+def rank_pairs(model: Any, features: dict[str, np.ndarray], batch_rows: int) -> np.ndarray:
+    """DLRM click probability for every pair, in batches of ``batch_rows``."""
     total = len(next(iter(features.values())))
     out = np.empty(total, dtype=np.float32)
+    if total == 0:
+        return out
+    predict = compiled_predict(model, features)
     for start in range(0, total, batch_rows):
         stop = min(start + batch_rows, total)
-        batch = {c: tf.constant(v[start:stop].reshape(-1, 1)) for c, v in features.items()}
-        out[start:stop] = np.asarray(model(batch, training=False)).reshape(-1)
+        batch = {c: v[start:stop].reshape(-1, 1) for c, v in features.items()}
+        out[start:stop] = predict(batch).numpy().reshape(-1)
     return out
 
 
@@ -167,11 +245,15 @@ def score_chunk(
     best_rows = np.take_along_axis(candidate_rows, order, axis=1)
     best_scores = np.take_along_axis(ranked, order, axis=1)
     item_raw = catalog.item_features["item_id_raw"]
-    recommendations, scores = [], []
-    for rows, values in zip(best_rows, best_scores):
-        keep = rows >= 0
-        recommendations.append(item_raw[rows[keep]].tolist())
-        scores.append(values[keep].tolist())
+    if (best_rows >= 0).all():
+        # The usual case: whole lists, converted in one C call instead of one per user.
+        recommendations, scores = item_raw[best_rows].tolist(), best_scores.tolist()
+    else:
+        recommendations, scores = [], []
+        for rows, values in zip(best_rows, best_scores):
+            keep = rows >= 0
+            recommendations.append(item_raw[rows[keep]].tolist())
+            scores.append(values[keep].tolist())
     return {
         "user_id": catalog.user_features["user_id_raw"][user_rows],
         "recommendations": recommendations,

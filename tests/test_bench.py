@@ -1,0 +1,179 @@
+"""The benchmark's building blocks and a tiny end-to-end run: the speed-ups must not change any answer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import redis
+
+from recsys_tasks.config import StoreConfig
+from recsys_tasks.scoring import recommendations_schema
+from recsys_tasks.store import build_document, encode_batch
+
+
+def test_notebook_method_gives_the_same_lists_as_score(pipeline_run):
+    """The notebook's per-user method (pandas lookups, one DLRM call per user) vs our batched stage."""
+    from recsys_tasks.bench import lists_agree, load_notebook_inputs, notebook_recommendations
+    from recsys_tasks.ranking import load_dlrm
+
+    config, paths, _ = pipeline_run
+    inputs = load_notebook_inputs(paths)
+    dlrm = load_dlrm(paths.dlrm)
+    ours = pq.read_table(paths.recommendations).to_pandas().set_index("user_id")
+    rows = list(range(0, len(inputs.user_fs), max(1, len(inputs.user_fs) // 24)))
+    compared = 0
+    for user_id, items, scores in notebook_recommendations(
+        inputs, dlrm, rows, k=config.scoring.top_k, top_n=config.scoring.top_n
+    ):
+        got_items = list(ours.loc[user_id, "recommendations"])
+        got_scores = list(ours.loc[user_id, "scores"])
+        assert lists_agree(items.tolist(), scores.tolist(), got_items, got_scores), user_id
+        compared += 1
+    assert compared == len(rows) >= 20
+
+
+def test_lists_agree_only_forgives_ties():
+    assert lists_agree_([1, 2, 3], [0.9, 0.5, 0.1], [1, 2, 3], [0.9, 0.5, 0.1])
+    assert lists_agree_([1, 2, 3], [0.9, 0.5, 0.5], [1, 3, 2], [0.9, 0.5, 0.5])
+    assert not lists_agree_([1, 2, 3], [0.9, 0.5, 0.1], [2, 1, 3], [0.9, 0.5, 0.1])
+    assert not lists_agree_([1, 2, 3], [0.9, 0.5, 0.1], [1, 2, 4], [0.9, 0.5, 0.1])
+    assert not lists_agree_([1, 2], [0.9, 0.5], [1, 2, 3], [0.9, 0.5, 0.1])
+
+
+def lists_agree_(*args):
+    from recsys_tasks.bench import lists_agree
+
+    return lists_agree(*args)
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "mostly_masked"])
+def test_blocked_top_k_is_exactly_tf_top_k(kind):
+    import tensorflow as tf
+
+    from recsys_tasks.scoring import block_width, top_k_blocked
+
+    rng = np.random.default_rng(3)
+    rows, cols, k = 6, 5000, 10
+    assert block_width(cols, k) is not None  # the blocked path runs, not the fallback
+    scores = rng.standard_normal((rows, cols)).astype(np.float32)
+    if kind == "ties":
+        scores = rng.integers(0, 4, (rows, cols)).astype(np.float32)
+    if kind == "mostly_masked":
+        scores[:, rng.random(cols) < 0.999] = -np.inf
+    expected_values, expected_rows = tf.math.top_k(scores, k=k)
+    values, item_rows = top_k_blocked(tf.constant(scores), k)
+    np.testing.assert_array_equal(values.numpy(), expected_values.numpy())
+    finite = np.isfinite(expected_values.numpy())
+    np.testing.assert_array_equal(item_rows.numpy()[finite], expected_rows.numpy()[finite])
+
+
+def test_encoded_commands_are_what_redis_py_would_send(tmp_path):
+    """Byte for byte: redis-py's own packing of JSON.SET (json.dumps of build_document) + EXPIRE."""
+    rng = np.random.default_rng(5)
+    edge = [0.0, 1.0, 1e-7, 4.9999e-5, 0.1234565, 0.5, 2.5e-6, 0.9999995, 0.3333333]
+    rows = []
+    for u in range(300):
+        n = int(rng.integers(0, 6))
+        scores = np.sort(rng.random(n).astype(np.float32))[::-1].tolist()
+        if u < len(edge):
+            scores, n = [edge[u]], 1
+        rows.append({"user_id": 10**12 + u * 7, "recommendations": rng.integers(0, 2**40, n).tolist(),
+                     "scores": scores, "user_id_encoded": u})
+    path = tmp_path / "recs.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=recommendations_schema()), path)
+    settings = StoreConfig(key_prefix="USER:", ttl_s=3600)
+    fields = {"run_id": 'manual__2026-11-28T05:00:00+00:00 "quoted" é', "logical_date": "2026-11-28",
+              "generated_at": "2026-11-28T05:03:12+00:00"}
+    tail = ",".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in fields.items()) + "}"
+    packer = redis.Connection()
+    batches = list(pq.ParquetFile(path).iter_batches(batch_size=64, columns=["user_id", "recommendations", "scores"]))
+    assert len(batches) > 1
+    table = pq.read_table(path).to_pylist()
+    offset = 0
+    for batch in batches:
+        payload, documents, _ = encode_batch(batch, settings, tail)
+        expected = b""
+        for row in table[offset : offset + documents]:
+            key = f"USER:{row['user_id']}"
+            doc = json.dumps(build_document(row["user_id"], row["recommendations"], row["scores"], **fields),
+                             separators=(",", ":"))
+            expected += b"".join(packer.pack_command("JSON.SET", key, "$", doc))
+            expected += b"".join(packer.pack_command("EXPIRE", key, 3600))
+        assert payload == expected
+        offset += documents
+    assert offset == len(rows)
+
+
+def test_bench_runs_end_to_end_and_reports_every_figure(pipeline_run, redis_server, tmp_path):
+    from recsys_tasks.bench import main
+
+    config, paths, _ = pipeline_run
+    out = tmp_path / "bench.json"
+    code = main([
+        "--run-dir", str(paths.root), "--work-dir", str(tmp_path / "work"), "--out", str(out),
+        "--redis-url", redis_server.url, "--memory-users", "50", "--notebook-users", "6", "--notebook-keys", "50",
+        "--ranking-users", "50", "--retrieval-users", "100", "--redis-benchmark-requests", "5000",
+        "--top-k", str(config.scoring.top_k), "--top-n", str(config.scoring.top_n), "--chunk-users", "64",
+        "--rank-batch-rows", "500",
+    ])
+    assert code == 0
+    results = json.loads(out.read_text())
+    users = pq.read_metadata(paths.user_features).num_rows
+    scoring = results["scoring"]
+    assert scoring["ours_k20"]["users"] == scoring["ours_default"]["users"] == users
+    assert scoring["notebook"]["users"] == 6
+    # The notebook's lists and ours at the same K agree for every compared user.
+    assert scoring["agreement"] == {"users_compared": 6, "identical_lists": 6}
+    figures = [
+        scoring["ours_k20"]["users_per_s"], scoring["ours_default"]["users_per_s"], scoring["notebook"]["users_per_s"],
+        scoring["ratio_k20"], results["ranking"]["ours_pairs_per_s"], results["ranking"]["predict_pairs_per_s"],
+        results["ranking"]["fraction_of_predict"], results["retrieval"]["ours_users_per_s"],
+        results["retrieval"]["plain_users_per_s"], results["retrieval"]["fraction_of_plain"],
+        results["redis"]["ours_keys_per_s"], results["redis"]["notebook_keys_per_s"],
+        results["redis"]["redis_benchmark"]["keys_per_s"], results["redis"]["fraction_of_redis_benchmark"],
+        results["redis"]["ratio_to_notebook"], results["memory"]["small"]["peak_rss_mb"],
+        results["memory"]["large"]["peak_rss_mb"], results["memory"]["ratio"], results["end_to_end"]["total_seconds"],
+    ]
+    assert all(isinstance(f, int | float) and f > 0 for f in figures), figures
+    assert results["memory"]["small"]["users"] == 50
+    assert results["markdown"].startswith("| measure |") and "redis-benchmark" in results["markdown"]
+    # The benchmark cleans up after itself and never touched the run it measured.
+    assert not list(redis.Redis.from_url(redis_server.url).scan_iter("BENCH:*"))
+    assert pq.read_table(paths.recommendations).num_rows == users
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_retrieve_equals_masking_then_top_k(ties):
+    """Both masking paths (filtering a wider top-k, and scattering -inf for heavy clickers) are exact."""
+    import tensorflow as tf
+
+    from recsys_tasks.scoring import Catalog, retrieve, seen_csr
+
+    rng = np.random.default_rng(11)
+    users, items, k = 40, 5000, 10
+    user_emb = rng.standard_normal((users, 8)).astype(np.float32)
+    item_emb = rng.standard_normal((items, 8)).astype(np.float32)
+    if ties:
+        user_emb, item_emb = np.round(user_emb), np.round(item_emb)
+    clicks = [(u, int(i)) for u in range(users) for i in rng.integers(0, items, int(rng.integers(0, 4)))]
+    clicks += [(3, i) for i in range(0, 50)]  # a heavy clicker (more seen items than k)
+    clicks += [(5, i) for i in range(items - 4)]  # fewer unseen items than k
+    user_rows, item_rows = np.array(clicks).T
+    indptr, seen_items = seen_csr(user_rows, item_rows, users)
+    catalog = Catalog({}, {}, user_emb, item_emb, indptr, seen_items)
+    for chunk in (np.arange(0, 20), np.arange(20, 40), np.arange(0, 3)):
+        # The reference: the same matrix product, seen items set to -inf, plain top-k.
+        masked = tf.matmul(user_emb[chunk], item_emb, transpose_b=True).numpy()
+        for position, user in enumerate(chunk):
+            masked[position, item_rows[user_rows == user]] = -np.inf
+        expected_scores, expected_rows = (t.numpy() for t in tf.math.top_k(masked, k=k))
+        rows, scores = retrieve(catalog, chunk, k)
+        np.testing.assert_array_equal(scores, expected_scores)
+        finite = np.isfinite(expected_scores)
+        np.testing.assert_array_equal(rows[finite], expected_rows[finite])
+        assert (rows[~finite] == -1).all()
+    assert np.isneginf(retrieve(catalog, np.array([5]), k)[1]).sum() == k - 4
