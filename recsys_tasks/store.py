@@ -224,8 +224,8 @@ def _replay(connection: Any, chunks: list[tuple[bytes, int]], settings: StoreCon
     for attempt in range(2, settings.retry_attempts + 1):
         if isinstance(error, redis.AuthenticationError):
             raise error
-        log.warning("Redis %s while loading; replaying %d chunk(s) in %.1fs (try %d of %d)",
-                    type(error).__name__, len(chunks), delay, attempt, settings.retry_attempts)
+        log.warning("Redis %s while loading; retrying in %.1fs (try %d of %d, replaying %d chunk(s))",
+                    type(error).__name__, delay, attempt, settings.retry_attempts, len(chunks))
         time.sleep(delay)
         delay = min(delay * 2, settings.retry_backoff_max_s)
         try:
@@ -611,7 +611,7 @@ def write_fallback(client: Any, settings: StoreConfig, fallback: dict[str, Any],
 
 def publish(
     client: Any, path: Path, settings: StoreConfig, *, run_id: str, logical_date: str, generated_at: str,
-    fallback: dict[str, Any] | None = None,
+    fallback: dict[str, Any] | None = None, user_ids: Any = None,
 ) -> dict[str, Any]:
     """Validate everything, then, holding the load lock: compare logical dates, write every user's
     document (pipelined, with TTL), let dropped-out users expire, and write the manifest last.
@@ -622,7 +622,8 @@ def publish(
     """
     import redis
 
-    user_ids = check_recommendations(path, settings)
+    if user_ids is None:  # ``load_redis`` passes the ids it has already checked
+        user_ids = check_recommendations(path, settings)
     users = len(user_ids)
     run_fields = {"run_id": run_id, "logical_date": logical_date, "generated_at": generated_at}
     identity = {"run_id": run_id, "logical_date": logical_date, "users": users}
@@ -690,20 +691,23 @@ def load_redis(config: Config, run_dir: str | Path, client: Any, *, run_id: str,
     recommendations = require(paths.recommendations, "score")
     from .scoring import collect_parts
 
-    collect_parts(config, paths)  # every planned shard's part is in, and nothing else (no stale parts)
     with timed() as clock:
-        # The quality gate runs before anything is written; it raises unless the run is good enough.
+        # Nothing is written unless all of these pass: the file itself (bad input names file, column,
+        # value), exactly the planned shard parts, and the quality gate.
+        user_ids = check_recommendations(recommendations, config.store)
+        collect_parts(config, paths)
         report, gate = quality.enforce(paths, config.quality)
         fallback = json.loads(require(paths.fallback_list, "evaluate").read_text())
         result = publish(
             client, recommendations, config.store, run_id=run_id, logical_date=logical_date, generated_at=generated_at,
-            fallback=fallback,
+            fallback=fallback, user_ids=user_ids,
         )
     summary = {"stage": "load_redis", "device": device(), "seconds": clock["seconds"], **result, "quality_gate": gate}
     log.info("stage load_redis done in %.1fs: %s", clock["seconds"], json.dumps(summary))
     for line in summary_lines(report, gate, result):
         log.info("%s", line)
     return write_summary(paths, "load_redis", summary)
+
 
 def fetch(
     client: Any, user_id: int, settings: StoreConfig | None = None, *, fallback: bool = True

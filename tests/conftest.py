@@ -70,3 +70,47 @@ def pipeline_run(tiny_config):
     for name in ("generate_data", "transform", "fit_retrieval", "fit_ranking", "score"):
         summaries[name] = run_stage(name, tiny_config, run_dir)
     return tiny_config, RunPaths(run_dir), summaries
+
+
+def finish_scored_run(paths) -> None:
+    """Complete a hand-made run directory (recommendation parts + score summary) so `load_redis` accepts it.
+
+    Writes what `plan_scoring`, the shard tasks and `evaluate` leave beside the parts: the shard plan
+    and shard summaries, the item table, a report that passes the quality gate, and the fallback list.
+    Tests of loading semantics (faults, rollback, security, soak) use it; the gate and the shard
+    checks themselves are tested on real runs in test_quality.py and test_sharding.py.
+    """
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recsys_tasks.evaluate import recommendations_fingerprint
+
+    parts = sorted(paths.recommendations.glob("*.parquet"))
+    tables = [pq.read_table(p) for p in parts]
+    users = sum(t.num_rows for t in tables)
+    items = sorted({i for t in tables for items in t.column("recommendations").to_pylist() for i in items})
+    paths.scoring_shards.mkdir(parents=True, exist_ok=True)
+    paths.scoring_plan.write_text(json.dumps({"num_shards": len(parts), "users": users,
+                                              "shards": list(range(len(parts)))}))
+    for index, table in enumerate(tables):
+        paths.shard_summary(index).write_text(json.dumps(
+            {"shard_index": index, "users": table.num_rows, "seconds": 0.1, "short_lists": 0,
+             "generated_at": "2026-12-01T01:00:00+00:00"}))
+    paths.retrieval.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"item_id": list(range(len(items))), "item_id_raw": items}), paths.item_features)
+    report = {
+        "source": "hand-made test run",
+        "stages": {},
+        "retrieval": {"cutoffs": [10], "model": {"recall": {"10": 0.3}}, "popularity": {"recall": {"10": 0.1}}},
+        "ranking": {"auc": 0.9, "popularity_auc": 0.6, "log_loss": 0.3},
+        "lists": {"empty_lists": 0, "short_lists": 0, "duplicate_lists": 0, "lists_with_seen_item": 0,
+                  "users_with_list": users, "top_n": 0, "user_coverage": 1.0, "catalog_users": users,
+                  "recall_at_n": 0.3, "retrieval_order_recall_at_n": 0.3, "catalog_coverage": 1.0,
+                  "exposure_gini": 0.5, "full_list_share": 1.0},
+        "recommendations_sha256": recommendations_fingerprint(paths.recommendations),
+    }
+    paths.report_json.write_text(json.dumps(report))
+    paths.evaluation.mkdir(parents=True, exist_ok=True)
+    paths.fallback_list.write_text(json.dumps({"recommendations": items[:5], "scores": [0.5] * len(items[:5])}))

@@ -24,6 +24,8 @@ from conftest import REPO
 # streams later (for instance after TensorFlow has installed its handler during an earlier test).
 import airflow.providers.redis.hooks.redis  # noqa: E402, F401  isort: skip
 
+from conftest import finish_scored_run
+
 from recsys_tasks.common import write_summary
 from recsys_tasks.local_redis import LocalRedis, free_port, throwaway_tls
 from recsys_tasks.paths import RunPaths, run_dir_for
@@ -83,6 +85,7 @@ def scored_run(tmp_path, monkeypatch):
             for u in range(40)]
     pq.write_table(pa.Table.from_pylist(rows, schema=recommendations_schema()), paths.recommendation_part(0))
     write_summary(paths, "score", {"stage": "score", "generated_at": "2026-12-03T01:00:00+00:00"})
+    finish_scored_run(paths)
     return paths
 
 

@@ -36,7 +36,7 @@ class CountingConnection(redis.Connection):
 
     def send_packed_command(self, command, *args, **kwargs):
         payload = b"".join(bytes(part) for part in (command if isinstance(command, list) else [command]))
-        if b"JSON.SET" in payload and b"USER:" in payload:
+        if payload.startswith(b"*4\r\n$8\r\nJSON.SET\r\n$") and b"USER:" in payload[:40]:
             CountingConnection.document_sends += 1
         return super().send_packed_command(command, *args, **kwargs)
 
