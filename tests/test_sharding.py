@@ -141,9 +141,14 @@ def test_missing_or_foreign_parts_fail_and_publish_nothing(pipeline_run, tmp_pat
         collect_shards(two, target.root)
     with pytest.raises(ShardError, match=r"shard\(s\) \[0\] of 2"):
         load_redis(two, target.root, redis_client, run_id="partial", logical_date="")
-    # A part of some earlier, wider pass put back by hand is refused by name.
-    shutil.copy(target.recommendation_part(1), target.recommendation_part(0))
-    shutil.copy(target.recommendation_part(1), target.recommendations / "part-00007.parquet")
+    # A part of some earlier, wider pass put back by hand (other users, so the file itself is valid) is
+    # refused by name.
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    stray = pq.read_table(target.recommendation_part(1))
+    stray = stray.set_column(0, "user_id", pc.add(stray.column("user_id"), 10**6))
+    pq.write_table(stray, target.recommendations / "part-00007.parquet")
     with pytest.raises(ShardError, match=r"part-00007.parquet"):
         load_redis(two, target.root, redis_client, run_id="partial", logical_date="")
     assert redis_client.dbsize() == 0
