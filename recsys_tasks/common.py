@@ -72,13 +72,18 @@ def timed() -> Iterator[dict[str, float]]:
         box["seconds"] = round(time.perf_counter() - start, 3)
 
 
+def write_json(target: Path, payload: dict[str, Any]) -> None:
+    """Write JSON atomically (temporary file, then rename), so a reader never sees half a file."""
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    tmp.replace(target)
+
+
 def write_summary(paths: RunPaths, stage: str, summary: dict[str, Any]) -> dict[str, Any]:
     """Store the stage's JSON-able summary in the run directory and return it (it is also the XCom)."""
     target = paths.summary(stage)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
-    tmp.replace(target)
+    write_json(target, summary)
     return summary
 
 

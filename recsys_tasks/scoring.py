@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import InputDataError, get_logger, quiet_tensorflow, stage, write_summary
+from .common import InputDataError, get_logger, quiet_tensorflow, stage, write_json, write_summary
 from .config import Config
 from .features import ITEM_COLUMNS, USER_COLUMNS, read_processed
 from .paths import RunPaths, require
@@ -291,12 +291,6 @@ def shard_rows(num_users: int, num_shards: int, shard_index: int) -> np.ndarray:
     return np.arange(shard_index * num_users // num_shards, (shard_index + 1) * num_users // num_shards)
 
 
-def _write_json(target: Any, payload: dict[str, Any]) -> None:
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    tmp.replace(target)
-
-
 def plan_shards(config: Config, run_dir: str | Path) -> dict[str, Any]:
     """Start a scoring pass: clear every part of an earlier pass and record how many shards this one has.
 
@@ -311,7 +305,7 @@ def plan_shards(config: Config, run_dir: str | Path) -> dict[str, Any]:
     paths.fresh(paths.recommendations)
     paths.fresh(paths.scoring_shards)
     plan = {"num_shards": num_shards, "users": int(users), "shards": list(range(num_shards))}
-    _write_json(paths.scoring_plan, plan)
+    write_json(paths.scoring_plan, plan)
     log.info("scoring plan: %d users in %d shard(s)", users, num_shards)
     return plan
 
@@ -396,7 +390,7 @@ def score_shard(config: Config, run_dir: str | Path, shard_index: int) -> dict[s
     catalog, model = _load_inputs(paths, config.scoring)
     _check_plan_matches(paths, plan, catalog)
     summary = {"device": used, **_score_part(catalog, model, config.scoring, paths, shard_index, plan["num_shards"])}
-    _write_json(paths.shard_summary(shard_index), summary)
+    write_json(paths.shard_summary(shard_index), summary)
     log.info("stage score done in %.1fs (shard %d of %d): %d users", summary["seconds"], shard_index,
              plan["num_shards"], summary["users"])
     return summary
@@ -462,5 +456,5 @@ def score(config: Config, paths: RunPaths) -> dict[str, Any]:
     _check_plan_matches(paths, plan, catalog)
     for shard_index in plan["shards"]:
         summary = _score_part(catalog, model, settings, paths, shard_index, plan["num_shards"])
-        _write_json(paths.shard_summary(shard_index), {"device": device(), **summary})
+        write_json(paths.shard_summary(shard_index), {"device": device(), **summary})
     return collect_parts(config, paths)

@@ -78,12 +78,6 @@ def iter_recommendation_batches(path: Path, batch_rows: int) -> Iterator[Any]:
         yield from parquet.iter_batches(batch_size=batch_rows, columns=list(REQUIRED_COLUMNS))
 
 
-def iter_recommendations(path: Path, batch_rows: int) -> Iterator[dict[str, list[Any]]]:
-    """Stream every part of the recommendations in batches of Python lists, checking each part's schema first."""
-    for batch in iter_recommendation_batches(path, batch_rows):
-        yield batch.to_pydict()
-
-
 def check_recommendations(path: Path, settings: StoreConfig) -> Any:
     """Read everything once before anything is written: a bad file publishes nothing.
 
@@ -108,11 +102,6 @@ def check_recommendations(path: Path, settings: StoreConfig) -> Any:
     if len(repeated):
         raise InputDataError(f"{path}: column 'user_id' holds user {int(repeated[0])} twice")
     return ids
-
-
-def validate_recommendations(path: Path, settings: StoreConfig) -> int:
-    """The number of users in a valid recommendations file (see :func:`check_recommendations`)."""
-    return len(check_recommendations(path, settings))
 
 
 def _numpy(values: Any) -> Any:
