@@ -55,6 +55,7 @@ class DataConfig:
 
 
 DASK_CLUSTERS = ("none", "local", "local_cuda")
+RETRIEVAL_KERNELS = ("auto", "tiled", "tensorflow")
 
 
 @dataclass(frozen=True)
@@ -114,9 +115,13 @@ class ScoringConfig:
     top_n: int = 20
     """Length of each published list."""
     user_chunk_size: int = 4096
-    """Users retrieved per matrix product (bounds memory: chunk x catalog scores)."""
-    rank_batch_rows: int = 65_536
+    """Users retrieved and ranked per step (bounds memory: on a GPU a chunk x catalog score matrix)."""
+    rank_batch_rows: int = 16_384
     """(user, item) pairs per DLRM call."""
+    retrieval_kernel: str = "auto"
+    """``tiled`` (CPU: BLAS on cache-sized tiles folded into a running top-k, :mod:`recsys_tasks.topk`),
+    ``tensorflow`` (one matrix product per chunk, seen items masked, ``tf.math.top_k``: fastest on a
+    GPU) or ``auto``: ``tiled`` when TensorFlow sees no GPU, else ``tensorflow``. Same lists either way."""
     num_shards: int = 1
     """Users are split into this many contiguous shards, scored independently (one mapped Airflow task
     each, so several GPU workers score in parallel) and written as one recommendations part per shard."""
@@ -343,6 +348,11 @@ def _validate(config: Config) -> None:
         ),
         (config.scoring.user_chunk_size > 0, "scoring.user_chunk_size must be > 0"),
         (config.scoring.rank_batch_rows > 0, "scoring.rank_batch_rows must be > 0"),
+        (
+            config.scoring.retrieval_kernel in RETRIEVAL_KERNELS,
+            f"scoring.retrieval_kernel must be one of {', '.join(RETRIEVAL_KERNELS)}; "
+            f"got {config.scoring.retrieval_kernel!r}",
+        ),
         (config.scoring.num_shards >= 1, f"scoring.num_shards must be >= 1, got {config.scoring.num_shards}"),
         (
             config.transform.dask_cluster in DASK_CLUSTERS,

@@ -1,13 +1,14 @@
 """Stage 5: recommendations for every user, in chunks of users, with no per-user model call.
 
-For each chunk: user embeddings x all item embeddings (one matrix product), items the user clicked
-in training masked out, top-K candidates, every (user, candidate) pair scored by the DLRM in large
-batches, candidates reordered by DLRM score, top-N kept, encoded ids mapped back to raw ids. The
-result streams to ``scoring/recommendations/part-<shard>.parquet`` chunk by chunk, so memory does not grow
-with the number of users. Users are split into ``scoring.num_shards`` contiguous shards (one part each):
+For each chunk: user embeddings x all item embeddings, items the user clicked in training left out,
+top-K candidates (on a CPU by the tiled kernel of :mod:`recsys_tasks.topk`, on a GPU by TensorFlow),
+every (user, candidate) pair scored by the DLRM in large batches, candidates reordered by DLRM
+score, top-N kept, encoded ids mapped back to raw ids. The result streams to
+``scoring/recommendations/part-<shard>.parquet`` chunk by chunk, so memory does not grow with the
+number of users. Users are split into ``scoring.num_shards`` contiguous shards (one part each):
 in Airflow every shard is its own mapped task (``plan_shards`` -> ``score_shard`` x N -> ``collect_shards``);
-the CLI's ``score`` runs the same three steps in one process. TensorFlow runs the matrix product, top-k
-and DLRM on the GPU when it has one.
+the CLI's ``score`` runs the same three steps in one process. TensorFlow runs the DLRM (and, on a
+GPU, the matrix product and top-k) on the GPU when it has one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +30,6 @@ from .features import ITEM_COLUMNS, USER_COLUMNS, read_processed
 from .paths import RunPaths, require
 
 log = get_logger("score")
-
-TOP_K_BLOCK_COLS = 100
-"""Preferred items per block in :func:`top_k_blocked` (a catalog of 100k items has 1,000 blocks)."""
 
 @dataclass
 class Catalog:
@@ -51,6 +50,13 @@ class Catalog:
     @property
     def num_items(self) -> int:
         return len(self.item_embeddings)
+
+    @cached_property
+    def packed_items(self) -> np.ndarray:
+        """Item embeddings in the CPU retrieval kernel's tiled layout (built once per catalog)."""
+        from .topk import pack_items
+
+        return pack_items(self.item_embeddings)
 
 
 def _embedding_matrix(frame: Any, id_column: str, ids: np.ndarray, source: Any) -> np.ndarray:
@@ -106,83 +112,44 @@ def load_catalog(paths: RunPaths) -> Catalog:
     )
 
 
-def block_width(cols: int, k: int) -> int | None:
-    """A block width for :func:`top_k_blocked` that divides ``cols`` (padding would copy the matrix), or None."""
-    widths = [w for w in range(48, 257) if cols % w == 0 and cols // w > 4 * k]
-    return min(widths, key=lambda w: abs(w - TOP_K_BLOCK_COLS)) if widths else None
+def retrieval_kernel(requested: str) -> str:
+    """The retrieval implementation to use: ``tiled`` on a CPU, ``tensorflow`` on a GPU (for ``auto``)."""
+    if requested != "auto":
+        return requested
+    from .common import device
+
+    return "tiled" if device() == "cpu" else "tensorflow"
 
 
-def top_k_blocked(scores: Any, k: int) -> tuple[Any, Any]:
-    """Exactly ``tf.math.top_k(scores, k, sorted=True)``, ties included, with less work on big catalogs.
-
-    TensorFlow's CPU top-k costs several ns per element; a max over contiguous blocks costs less.
-    Each row's top-k lies in its k blocks with the largest maxima (ties to the lower block), because
-    every element of a block ranked after those k has k elements ahead of it (their blocks' maxima).
-    So: block maxima -> top-k blocks -> gather them back in index order -> top-k of k * width
-    values. Gathering in index order keeps TensorFlow's tie-break (lower index first). Falls back
-    to plain top-k when the catalog is small or no block width divides it.
-    """
-    import tensorflow as tf
-
-    rows, cols = scores.shape
-    width = block_width(int(cols), k)
-    if width is None:
-        return tf.math.top_k(scores, k=k, sorted=True)
-    blocked = tf.reshape(scores, [rows, cols // width, width])
-    _, best_blocks = tf.math.top_k(tf.reduce_max(blocked, axis=2), k=k, sorted=False)
-    best_blocks = tf.sort(best_blocks, axis=1)
-    candidates = tf.reshape(tf.gather(blocked, best_blocks, batch_dims=1), [rows, k * width])
-    top_scores, positions = tf.math.top_k(candidates, k=k, sorted=True)
-    block_of = tf.gather(best_blocks, positions // width, batch_dims=1)
-    return top_scores, block_of * width + positions % width
-
-
-def retrieve(catalog: Catalog, user_rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def retrieve(catalog: Catalog, user_rows: np.ndarray, k: int, kernel: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Top-k unseen item rows per user by dot product over the whole catalog.
 
     Returns ``(item_rows, scores)``, both ``[len(user_rows), k]``; where a user has fewer than k
     unseen items the tail holds item row -1 and score -inf. The order is ``tf.math.top_k``'s
-    (score descending, lower item row first among equal scores).
+    (score descending, lower item row first among equal scores). ``kernel`` (see
+    :func:`retrieval_kernel`): ``tiled`` is :mod:`recsys_tasks.topk` (CPU), ``tensorflow`` one matrix
+    product, seen items set to -inf, ``tf.math.top_k`` (what a GPU does fastest). Both give the same lists.
     """
+    k = min(k, catalog.num_items)
+    if retrieval_kernel(kernel) == "tiled":
+        from .topk import top_k_unseen
+
+        return top_k_unseen(catalog.user_embeddings[user_rows], catalog.packed_items, catalog.num_items, k,
+                            catalog.seen_indptr, catalog.seen_items, user_rows)
     import tensorflow as tf
 
-    k = min(k, catalog.num_items)
     scores = tf.matmul(catalog.user_embeddings[user_rows], catalog.item_embeddings, transpose_b=True)
     starts = catalog.seen_indptr[user_rows]
     counts = catalog.seen_indptr[user_rows + 1] - starts
-    most_seen = int(counts.max()) if len(counts) else 0
-    if most_seen == 0:
-        top_scores, top_rows = (t.numpy() for t in top_k_blocked(scores, k))
-        top_rows = top_rows.astype(np.int64)
-        top_rows[np.isneginf(top_scores)] = -1
-        return top_rows, top_scores
-    chunk_rows = np.repeat(np.arange(len(user_rows)), counts)
-    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    seen = catalog.seen_items[np.repeat(starts, counts) + offsets]
-    if most_seen > k:
-        # Heavy clickers: mask in place of the scores (a copy of the chunk's score matrix).
+    if counts.sum():
+        chunk_rows = np.repeat(np.arange(len(user_rows)), counts)
+        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        seen = catalog.seen_items[np.repeat(starts, counts) + offsets]
         scores = tf.tensor_scatter_nd_update(
-            scores,
-            np.stack([chunk_rows, seen], axis=1),
-            tf.fill([len(seen)], tf.constant(-np.inf, dtype=scores.dtype)),
+            scores, np.stack([chunk_rows, seen], axis=1), tf.fill([len(seen)], tf.constant(-np.inf, scores.dtype))
         )
-        top_scores, top_rows = (t.numpy() for t in top_k_blocked(scores, k))
-        top_rows = top_rows.astype(np.int64)
-        top_rows[np.isneginf(top_scores)] = -1
-        return top_rows, top_scores
-    # Usual case: no copy of the score matrix. Take k + (most items any user of the chunk has seen),
-    # drop each user's seen items and keep the first k left. top-k's order is total (score, then
-    # lower row first), so this is exactly the top-k of the masked scores.
-    wide = min(k + most_seen, catalog.num_items)
-    wide_scores, wide_rows = (t.numpy() for t in top_k_blocked(scores, wide))
-    wide_rows = wide_rows.astype(np.int64)
-    chunk_index = np.arange(len(user_rows), dtype=np.int64)[:, None]
-    is_seen = np.isin(chunk_index * catalog.num_items + wide_rows, chunk_rows * catalog.num_items + seen)
-    keep = np.argsort(is_seen, axis=1, kind="stable")[:, :k]
-    top_rows = np.take_along_axis(wide_rows, keep, axis=1)
-    top_scores = np.take_along_axis(wide_scores, keep, axis=1)
-    # Only when the whole catalog was taken can fewer than k unseen items remain.
-    top_scores[np.take_along_axis(is_seen, keep, axis=1)] = -np.inf
+    top_scores, top_rows = (t.numpy() for t in tf.math.top_k(scores, k=k, sorted=True))
+    top_rows = top_rows.astype(np.int64)
     top_rows[np.isneginf(top_scores)] = -1
     return top_rows, top_scores
 
@@ -233,10 +200,11 @@ def rank_pairs(model: Any, features: dict[str, np.ndarray], batch_rows: int) -> 
 
 
 def score_chunk(
-    catalog: Catalog, model: Any, user_rows: np.ndarray, top_k: int, top_n: int, rank_batch_rows: int
+    catalog: Catalog, model: Any, user_rows: np.ndarray, top_k: int, top_n: int, rank_batch_rows: int,
+    kernel: str = "auto",
 ) -> dict[str, Any]:
     """Recommendations for one chunk of users: raw user ids, raw item ids best first, DLRM scores."""
-    candidate_rows, _ = retrieve(catalog, user_rows, top_k)
+    candidate_rows, _ = retrieve(catalog, user_rows, top_k, kernel)
     ranked = rank_pairs(model, pair_features(catalog, user_rows, candidate_rows), rank_batch_rows)
     ranked = ranked.reshape(candidate_rows.shape)
     ranked[candidate_rows < 0] = -np.inf
@@ -325,12 +293,15 @@ def _score_part(
     schema = recommendations_schema()
     target = paths.recommendation_part(shard_index)
     tmp = target.with_suffix(".parquet.tmp")
+    kernel = retrieval_kernel(settings.retrieval_kernel)
+    log.info("shard %d/%d: %d users, retrieval kernel %s", shard_index + 1, num_shards, len(rows), kernel)
     users_done, short_lists, started = 0, 0, time.perf_counter()
     next_report = started
     with pq.ParquetWriter(tmp, schema) as writer:
         for chunk_start in range(0, len(rows), settings.user_chunk_size):
             user_rows = rows[chunk_start:chunk_start + settings.user_chunk_size]
-            chunk = score_chunk(catalog, model, user_rows, settings.top_k, settings.top_n, settings.rank_batch_rows)
+            chunk = score_chunk(catalog, model, user_rows, settings.top_k, settings.top_n, settings.rank_batch_rows,
+                                kernel)
             writer.write_table(pa.Table.from_pydict(chunk, schema=schema))
             users_done += len(user_rows)
             short_lists += sum(len(r) < settings.top_n for r in chunk["recommendations"])
@@ -351,6 +322,7 @@ def _score_part(
         "short_lists": int(short_lists),
         "seconds": round(elapsed, 3),
         "users_per_s": round(users_done / max(elapsed, 1e-9), 1),
+        "retrieval_kernel": kernel,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "part": str(target),
     }

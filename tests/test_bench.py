@@ -50,27 +50,6 @@ def lists_agree_(*args):
     return lists_agree(*args)
 
 
-@pytest.mark.parametrize("kind", ["normal", "ties", "mostly_masked"])
-def test_blocked_top_k_is_exactly_tf_top_k(kind):
-    import tensorflow as tf
-
-    from recsys_tasks.scoring import block_width, top_k_blocked
-
-    rng = np.random.default_rng(3)
-    rows, cols, k = 6, 5000, 10
-    assert block_width(cols, k) is not None  # the blocked path runs, not the fallback
-    scores = rng.standard_normal((rows, cols)).astype(np.float32)
-    if kind == "ties":
-        scores = rng.integers(0, 4, (rows, cols)).astype(np.float32)
-    if kind == "mostly_masked":
-        scores[:, rng.random(cols) < 0.999] = -np.inf
-    expected_values, expected_rows = tf.math.top_k(scores, k=k)
-    values, item_rows = top_k_blocked(tf.constant(scores), k)
-    np.testing.assert_array_equal(values.numpy(), expected_values.numpy())
-    finite = np.isfinite(expected_values.numpy())
-    np.testing.assert_array_equal(item_rows.numpy()[finite], expected_rows.numpy()[finite])
-
-
 def test_encoded_commands_are_what_redis_py_would_send(tmp_path):
     """Byte for byte: redis-py's own packing of JSON.SET (json.dumps of build_document) + EXPIRE."""
     rng = np.random.default_rng(5)
@@ -146,15 +125,16 @@ def test_bench_runs_end_to_end_and_reports_every_figure(pipeline_run, redis_serv
     assert pq.read_table(paths.recommendations).num_rows == users
 
 
+@pytest.mark.parametrize("kernel", ["tiled", "tensorflow"])
 @pytest.mark.parametrize("ties", [False, True])
-def test_retrieve_equals_masking_then_top_k(ties):
-    """Both masking paths (filtering a wider top-k, and scattering -inf for heavy clickers) are exact."""
+def test_retrieve_equals_masking_then_top_k(ties, kernel):
+    """Both retrieval kernels give exactly the top-k of the scores with seen items set to -inf."""
     import tensorflow as tf
 
     from recsys_tasks.scoring import Catalog, retrieve, seen_csr
 
     rng = np.random.default_rng(11)
-    users, items, k = 40, 5000, 10
+    users, items, k = 40, 5000, 10  # 5000 items: several tiles of the CPU kernel, the last one partial
     user_emb = rng.standard_normal((users, 8)).astype(np.float32)
     item_emb = rng.standard_normal((items, 8)).astype(np.float32)
     if ties:
@@ -165,15 +145,43 @@ def test_retrieve_equals_masking_then_top_k(ties):
     user_rows, item_rows = np.array(clicks).T
     indptr, seen_items = seen_csr(user_rows, item_rows, users)
     catalog = Catalog({}, {}, user_emb, item_emb, indptr, seen_items)
-    for chunk in (np.arange(0, 20), np.arange(20, 40), np.arange(0, 3)):
+    for chunk in (np.arange(0, 20), np.arange(20, 40), np.arange(0, 3), np.array([7, 3, 5, 1])):
         # The reference: the same matrix product, seen items set to -inf, plain top-k.
         masked = tf.matmul(user_emb[chunk], item_emb, transpose_b=True).numpy()
         for position, user in enumerate(chunk):
             masked[position, item_rows[user_rows == user]] = -np.inf
         expected_scores, expected_rows = (t.numpy() for t in tf.math.top_k(masked, k=k))
-        rows, scores = retrieve(catalog, chunk, k)
-        np.testing.assert_array_equal(scores, expected_scores)
+        rows, scores = retrieve(catalog, chunk, k, kernel)
         finite = np.isfinite(expected_scores)
         np.testing.assert_array_equal(rows[finite], expected_rows[finite])
-        assert (rows[~finite] == -1).all()
-    assert np.isneginf(retrieve(catalog, np.array([5]), k)[1]).sum() == k - 4
+        # The kernels' matrix products may round differently in the last bit (integer scores: exact).
+        np.testing.assert_allclose(scores[finite], expected_scores[finite], rtol=0 if ties else 1e-6)
+        assert (rows[~finite] == -1).all() and np.isneginf(scores[~finite]).all()
+    assert np.isneginf(retrieve(catalog, np.array([5]), k, kernel)[1]).sum() == k - 4
+    assert len(retrieve(catalog, np.array([], dtype=np.int64), k, kernel)[0]) == 0
+
+
+def test_tiled_kernel_is_the_cpu_default():
+    from recsys_tasks.scoring import retrieval_kernel
+
+    assert retrieval_kernel("auto") == "tiled"  # no GPU on this machine
+    assert retrieval_kernel("tensorflow") == "tensorflow"
+
+
+def test_tiled_kernel_does_not_depend_on_tile_sizes():
+    """Users split across thread tasks and items across tiles (last ones partial) change nothing."""
+    from recsys_tasks.topk import pack_items, top_k_unseen
+
+    rng = np.random.default_rng(4)
+    queries = rng.standard_normal((37, 16)).astype(np.float32)
+    items = np.round(rng.standard_normal((3001, 16)), 1).astype(np.float32)
+    indptr = np.arange(0, 2 * 37 + 1, 2, dtype=np.int64)
+    seen = np.sort(rng.integers(0, 3001, (37, 2)), axis=1).reshape(-1).astype(np.int64)
+    results = [
+        top_k_unseen(queries, pack_items(items, item_tile), len(items), 25, indptr, seen, np.arange(37), user_tile)
+        for item_tile, user_tile in ((1024, 512), (100, 5), (3001, 1), (64, 37))
+    ]
+    for rows, scores in results[1:]:
+        np.testing.assert_array_equal(rows, results[0][0])
+        np.testing.assert_allclose(scores, results[0][1], rtol=1e-6)
+    assert not any(np.isin(row, user_seen).any() for row, user_seen in zip(results[0][0], seen.reshape(37, 2)))
