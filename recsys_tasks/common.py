@@ -32,8 +32,9 @@ def quiet_tensorflow() -> None:
 def device() -> str:
     """``"gpu"`` when TensorFlow sees a GPU and cudf imports (Merlin then runs on the GPU), else ``"cpu"``.
 
-    Nothing else in the package branches on this: TensorFlow places ops on the GPU by itself and
-    Merlin's ``Dataset`` picks cudf when it is importable. The value is logged and reported.
+    TensorFlow places ops on the GPU by itself and Merlin's ``Dataset`` picks cudf when it is
+    importable; the one branch on this is scoring's retrieval kernel (``scoring.retrieval_kernel=auto``:
+    TensorFlow on a GPU, the tiled CPU kernel otherwise). The value is logged and reported.
     """
     quiet_tensorflow()
     import tensorflow as tf

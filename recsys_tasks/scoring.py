@@ -59,10 +59,29 @@ class Catalog:
         return pack_items(self.item_embeddings)
 
 
-def _embedding_matrix(frame: Any, id_column: str, ids: np.ndarray, source: Any) -> np.ndarray:
-    if not np.array_equal(frame[id_column].to_numpy(), ids):
-        raise InputDataError(f"{source}: {id_column} values do not match the feature table's ids")
-    return np.ascontiguousarray(frame.drop(columns=[id_column]).to_numpy(dtype=np.float32))
+def _embedding_matrix(path: Path, id_column: str, ids: np.ndarray) -> np.ndarray:
+    """The embedding columns of ``path`` as one float32 matrix (row i is ``ids[i]``), read batch by batch.
+
+    A whole-table pandas read would hold the Arrow table, the frame, the frame without its id column
+    and the matrix at once: for a million users that, not scoring, set the stage's peak memory.
+    """
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    columns = [c for c in parquet.schema_arrow.names if c != id_column]
+    matrix = np.empty((parquet.metadata.num_rows, len(columns)), dtype=np.float32)
+    mismatch = InputDataError(f"{path}: {id_column} values do not match the feature table's ids")
+    if len(matrix) != len(ids):
+        raise mismatch
+    start = 0
+    for batch in parquet.iter_batches(batch_size=65_536):
+        stop = start + batch.num_rows
+        if not np.array_equal(batch.column(id_column).to_numpy(zero_copy_only=False), ids[start:stop]):
+            raise mismatch
+        for position, column in enumerate(columns):
+            matrix[start:stop, position] = batch.column(column).to_numpy(zero_copy_only=False)
+        start = stop
+    return matrix
 
 
 def _row_lookup(ids: np.ndarray) -> np.ndarray:
@@ -86,12 +105,8 @@ def load_catalog(paths: RunPaths) -> Catalog:
     items = pd.read_parquet(require(paths.item_features, "fit_retrieval"))
     user_ids = users["user_id"].to_numpy()
     item_ids = items["item_id"].to_numpy()
-    user_embeddings = _embedding_matrix(
-        pd.read_parquet(require(paths.user_embeddings, "fit_retrieval")), "user_id", user_ids, paths.user_embeddings
-    )
-    item_embeddings = _embedding_matrix(
-        pd.read_parquet(require(paths.item_embeddings, "fit_retrieval")), "item_id", item_ids, paths.item_embeddings
-    )
+    user_embeddings = _embedding_matrix(require(paths.user_embeddings, "fit_retrieval"), "user_id", user_ids)
+    item_embeddings = _embedding_matrix(require(paths.item_embeddings, "fit_retrieval"), "item_id", item_ids)
     from .validation import check_finite, check_unique_ids
 
     check_unique_ids(user_ids, "user_id", paths.user_features)
@@ -331,8 +346,10 @@ def _score_part(
 def _load_inputs(paths: RunPaths, settings: Any) -> tuple[Catalog, Any]:
     from .ranking import load_dlrm
 
-    catalog = load_catalog(paths)
+    # The model first: restoring a SavedModel briefly takes ~1 GB more than the loaded model holds, so
+    # doing it before the catalog exists keeps a million users' tables out of the stage's peak memory.
     model = load_dlrm(require(paths.dlrm, "fit_ranking"))
+    catalog = load_catalog(paths)
     if catalog.num_items < settings.top_n:
         raise InputDataError(
             f"{paths.item_features}: the catalog has {catalog.num_items} items, fewer than "
