@@ -124,7 +124,7 @@ def run_identity(run_dir: Path, run_id: str | None, logical_date: str | None) ->
     Unless given, they are those recorded by this run directory's previous load (so reloading an old
     run's artifacts, the rollback, republishes it as the run it was), else the directory's name and now.
     """
-    from datetime import UTC, datetime
+    from datetime import datetime, timezone
 
     from .paths import RunPaths
 
@@ -132,7 +132,7 @@ def run_identity(run_dir: Path, run_id: str | None, logical_date: str | None) ->
     previous = json.loads(previous_file.read_text()) if previous_file.exists() else {}
     run_id = run_id or previous.get("run_id") or run_dir.resolve().name
     if logical_date is None:
-        logical_date = previous.get("logical_date") or datetime.now(UTC).isoformat(timespec="seconds")
+        logical_date = previous.get("logical_date") or datetime.now(timezone.utc).isoformat(timespec="seconds")
     return run_id, logical_date
 
 

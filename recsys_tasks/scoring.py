@@ -17,7 +17,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -338,7 +338,7 @@ def _score_part(
         "seconds": round(elapsed, 3),
         "users_per_s": round(users_done / max(elapsed, 1e-9), 1),
         "retrieval_kernel": kernel,
-        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "part": str(target),
     }
 

@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -472,7 +472,7 @@ def parse_logical_date(value: str, what: str) -> datetime:
         parsed = datetime.fromisoformat(value)
     except ValueError as exc:
         raise ValueError(f"{what} {value!r} is not an ISO-8601 date/time") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def publish_decision(manifest: dict[str, Any] | None, logical_date: str, settings: StoreConfig) -> tuple[bool, str]:
@@ -641,7 +641,7 @@ def publish(
                     "users": users,
                     "key_prefix": settings.key_prefix,
                     "forced": bool(settings.force and reason.startswith("FORCED")),
-                    "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "completed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 }
                 lock.ensure_held()
                 lock.set_if_owner(settings.manifest_key, json.dumps(manifest))

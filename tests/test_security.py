@@ -12,7 +12,7 @@ import json
 import logging
 import secrets
 import sys
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from types import SimpleNamespace
 
 import pytest
@@ -97,7 +97,7 @@ def connection(monkeypatch, port, *, login=None, password=None, extra=None):
 
 def run_load(recsys_airflow):
     context = {"params": {}, "dag": SimpleNamespace(dag_id=DAG_ID), "run_id": RUN_ID,
-               "logical_date": datetime(2026, 12, 3, tzinfo=UTC)}
+               "logical_date": datetime(2026, 12, 3, tzinfo=timezone.utc)}
     return recsys_airflow.run_stage("load_redis", context)
 
 
