@@ -159,6 +159,9 @@ class StoreConfig:
     fallback_key: str = "RECSYS:FALLBACK"
     """The popularity list for users with no document (cold or unknown users); ``fetch`` returns it
     marked ``"fallback": true``."""
+    capacity_check: bool = True
+    """Before the first write, estimate the memory this run adds on each Redis (cluster) node and refuse,
+    writing nothing, when a node lacks the room (see ``recsys_tasks/store/capacity.py``)."""
 
 
 @dataclass(frozen=True)

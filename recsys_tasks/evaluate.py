@@ -30,7 +30,7 @@ import numpy as np
 
 from .common import InputDataError, get_logger, quiet_tensorflow, read_summary, stage
 from .config import Config
-from .paths import RunPaths, require
+from .paths import RunPaths, recommendation_files, require
 
 log = get_logger("evaluate")
 
@@ -138,8 +138,6 @@ def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
 
 def recommendations_fingerprint(path: Path) -> str:
     """sha256 over every part of the recommendations, so the gate can tell a stale report."""
-    from .store import recommendation_files
-
     digest = hashlib.sha256()
     for file in recommendation_files(path):
         digest.update(file.name.encode())
@@ -195,8 +193,6 @@ def rank_catalog(score_fn: Any, catalog: Any, user_rows: np.ndarray, k: int) -> 
 
 def _read_lists(paths: RunPaths) -> Any:
     import pyarrow.parquet as pq
-
-    from .store import recommendation_files
 
     files = recommendation_files(require(paths.recommendations, "score"))
     frames = [pq.read_table(f, columns=["user_id", "recommendations", "scores"]).to_pandas() for f in files]

@@ -85,6 +85,10 @@ class LocalRedis:
     with exactly the writes it acknowledged."""
     tls: TLSFiles | None = None
     """Serve TLS only (no plain-text port), with this certificate."""
+    json_module: bool = True
+    """Load RedisJSON (``rejson.so``); off only to test what the load says about a server without it."""
+    extra_args: tuple[str, ...] = ()
+    """More ``redis-server`` options (e.g. cluster mode)."""
 
     @property
     def url(self) -> str:
@@ -114,7 +118,7 @@ class LocalRedis:
         args = [
             redis_server_binary(),
             "--bind", "127.0.0.1",
-            "--loadmodule", str(rejson_module()),
+            *(["--loadmodule", str(rejson_module())] if self.json_module else []),
             "--dir", str(self.directory),
             "--pidfile", str(self.pidfile),
             "--logfile", str(self.directory / "redis.log"),
@@ -133,6 +137,7 @@ class LocalRedis:
             args += ["--port", str(self.port)]
         if self.password:
             args += ["--requirepass", self.password]
+        args += list(self.extra_args)
         subprocess.run(args, check=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -151,6 +156,8 @@ class LocalRedis:
         try:
             client = self.client(socket_timeout=1, retry=Retry(NoBackoff(), 0))
             ok = bool(client.ping())
+            if not self.json_module:
+                return ok
             modules = {m.get(b"name", m.get("name")) for m in client.module_list()}
             return ok and bool(modules & {b"ReJSON", "ReJSON"})
         except redis.RedisError:
@@ -211,6 +218,83 @@ class LocalRedis:
             return
         if not self._wait_gone(pid, timeout_s):
             os.kill(pid, signal.SIGKILL)
+
+
+class LocalCluster:
+    """A throwaway Redis Cluster on this machine: ``masters`` masters with one replica each, RedisJSON on every node.
+
+    Each node is a :class:`LocalRedis` in cluster mode (own directory, free port); the cluster is
+    formed with ``redis-cli --cluster create ... --cluster-replicas 1``. ``node_timeout_ms`` is
+    how long a master may be unreachable before its replica takes over.
+    """
+
+    def __init__(self, directory: Path, masters: int = 3, node_timeout_ms: int = 1000) -> None:
+        self.directory = directory
+        self.node_timeout_ms = node_timeout_ms
+        self.nodes: list[LocalRedis] = []
+        for index in range(masters * 2):
+            node_dir = directory / f"node{index}"
+            self.nodes.append(LocalRedis(free_port(), node_dir, extra_args=(
+                "--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf"),
+                "--cluster-node-timeout", str(node_timeout_ms), "--appendonly", "no")))
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self, timeout_s: float = 60.0) -> LocalCluster:
+        for node in self.nodes:
+            node.start()
+        cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+        result = subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes), "--cluster-replicas", "1",
+             "--cluster-yes"], capture_output=True, text=True)
+        if result.returncode != 0:
+            self.stop()
+            raise LocalRedisError(f"redis-cli --cluster create failed: {result.stdout[-1500:]} {result.stderr[-500:]}")
+        self.wait_healthy(timeout_s)
+        return self
+
+    def live_nodes(self) -> list[LocalRedis]:
+        return [n for n in self.nodes if n.pid is not None]
+
+    def wait_healthy(self, timeout_s: float = 60.0) -> None:
+        """Until every live node reports ``cluster_state:ok`` and every master's replica is in sync."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(self._healthy(n) for n in self.live_nodes()):
+                return
+            time.sleep(0.1)
+        raise LocalRedisError(f"the cluster under {self.directory} did not become healthy within {timeout_s}s")
+
+    @staticmethod
+    def _healthy(node: LocalRedis) -> bool:
+        import redis
+
+        try:
+            client = node.client(socket_timeout=2)
+            info = client.execute_command("CLUSTER", "INFO")
+            text = info.decode() if isinstance(info, bytes) else str(info)
+            if "cluster_state:ok" not in text and "'cluster_state': 'ok'" not in text:
+                return False
+            replication = client.info("replication")
+            if replication["role"] == "master":
+                return True
+            return replication.get("master_link_status") == "up"
+        except redis.RedisError:
+            return False
+
+    def client(self, **kwargs: object) -> object:
+        from redis.cluster import RedisCluster
+
+        return RedisCluster(host="127.0.0.1", port=self.live_nodes()[0].port, socket_timeout=5, **kwargs)
+
+    def node_at(self, port: int) -> LocalRedis:
+        return next(n for n in self.nodes if n.port == port)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -170,6 +170,14 @@ class RunPaths:
         return directory
 
 
+def recommendation_files(path: Path) -> list[Path]:
+    """The parquet parts of a recommendations directory (or a single parquet file), in name order."""
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    if not files:
+        raise MissingArtifactError(f"{path}: no *.parquet parts (written by the 'score' stage)")
+    return files
+
+
 def require(path: Path, produced_by: str) -> Path:
     """Fail with a message naming the missing file and the stage that should have written it."""
     if not path.exists():

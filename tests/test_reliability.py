@@ -103,7 +103,8 @@ def FaultyRedis(*, fault_at, fault, **kwargs):  # noqa: N802 - reads like the cl
     class FaultyConnection(redis.Connection):
         def send_packed_command(self, command, *args, **inner):
             payload = command[0] if isinstance(command, list) else command
-            if bytes(payload[:20]).startswith(b"*4\r\n$8\r\nJSON.SET\r\n"):
+            head = bytes(payload[:40])
+            if head.startswith(b"*4\r\n$8\r\nJSON.SET\r\n") and b"USER:" in head:  # a chunk of documents
                 sent["chunks"] += 1
                 if sent["chunks"] == fault_at:
                     fault()

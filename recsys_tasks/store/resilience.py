@@ -1,0 +1,163 @@
+"""Bounded retries for the load: exactly ``store.retry_attempts`` tries per failure, each wait logged.
+
+A try that fails with a connection error or a timeout is followed by at most ``retry_attempts - 1``
+more, each after a backoff wait (``retry_backoff_s`` doubling up to ``retry_backoff_max_s``) and
+each making one connection attempt: redis-py's own connect retry is switched off inside a try, so
+retries never nest. A refused password is never retried. Works for ``Redis`` and ``RedisCluster``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from ..common import get_logger
+from ..config import StoreConfig
+
+log = get_logger("load_redis")
+
+
+def is_cluster(client: Any) -> bool:
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """Errors a later try can get past: the connection, a timeout, or a cluster between two topologies."""
+    import redis
+    from redis.exceptions import BusyLoadingError, ClusterDownError, TryAgainError
+
+    return (redis.ConnectionError, redis.TimeoutError, ClusterDownError, TryAgainError, BusyLoadingError)
+
+
+def backoff_s(settings: StoreConfig, failures: int) -> float:
+    """The wait before try ``failures + 1``."""
+    return min(settings.retry_backoff_max_s, settings.retry_backoff_s * 2 ** (failures - 1))
+
+
+def wait_before_retry(settings: StoreConfig, failures: int, error: BaseException, what: str) -> None:
+    delay = backoff_s(settings, failures)
+    log.warning("Redis %s (%s) %s; retrying in %.1fs (try %d of %d)", type(error).__name__, error, what, delay,
+                failures + 1, settings.retry_attempts)
+    time.sleep(delay)
+
+
+def single_try() -> Any:
+    """A retry policy of one try: what a connection gets inside one of our tries."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return Retry(NoBackoff(), 0)
+
+
+class _LoadBackoff:
+    """Backoff for redis-py's Retry: ``backoff_s`` per failure, logging each wait."""
+
+    def __init__(self, settings: StoreConfig) -> None:
+        self.settings = settings
+
+    def reset(self) -> None:
+        pass
+
+    def compute(self, failures: int) -> float:
+        delay = backoff_s(self.settings, failures)
+        log.warning("Redis connection failed (try %d of %d); retrying in %.1fs",
+                    failures, self.settings.retry_attempts, delay)
+        return delay
+
+
+_retry_scope = threading.local()
+
+
+def load_retry(settings: StoreConfig) -> Any:
+    from redis.exceptions import AuthenticationError
+    from redis.retry import Retry
+
+    class LoadRetry(Retry):
+        """Retries connection errors and timeouts, never a refused password.
+
+        redis-py nests a connect retry inside each command's retry; only the outermost one retries
+        here, so an operation gets exactly ``retry_attempts`` tries.
+        """
+
+        def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):  # type: ignore[no-untyped-def]
+            if getattr(_retry_scope, "active", False):
+                return do()
+
+            def retryable(error: Exception) -> bool:
+                return not isinstance(error, AuthenticationError) and (is_retryable is None or is_retryable(error))
+
+            _retry_scope.active = True
+            try:
+                return super().call_with_retry(do, fail, retryable, with_failure_count)
+            finally:
+                _retry_scope.active = False
+
+    return LoadRetry(_LoadBackoff(settings), settings.retry_attempts - 1)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def resilient(client: Any, settings: StoreConfig) -> Iterator[Any]:
+    """For the load's duration: bounded retries on ``client``, and socket timeouts if it has none.
+
+    A single node: redis-py applies the policy to connecting and to every command and pipeline.
+    A cluster: its commands get ``retry_attempts`` tries (each refreshing the slot map after a
+    connection error; redis-py's cluster client does not wait between them), and a node's own
+    connection makes one attempt per try. The pipelined document writes have their own loop
+    (:mod:`recsys_tasks.store.writer`) with the same budget and the backoff waits.
+    """
+    if is_cluster(client):
+        with _resilient_cluster(client, settings):
+            yield client
+        return
+    previous_retry = client.get_retry()
+    kwargs = client.connection_pool.connection_kwargs
+    previous_timeouts = {k: kwargs.get(k) for k in ("socket_timeout", "socket_connect_timeout")}
+    for name, value in previous_timeouts.items():
+        if value is None:
+            kwargs[name] = settings.socket_timeout_s
+    client.set_retry(load_retry(settings))
+    try:
+        yield client
+    finally:
+        if previous_retry is None:
+            client.set_retry(single_try())  # what redis-py gives a connection without a policy
+            kwargs["retry"] = None
+        else:
+            client.set_retry(previous_retry)
+        kwargs.update(previous_timeouts)
+
+
+@contextlib.contextmanager
+def _resilient_cluster(client: Any, settings: StoreConfig) -> Iterator[None]:
+    kwargs = client.nodes_manager.connection_kwargs
+    saved = {k: kwargs.get(k) for k in ("socket_timeout", "socket_connect_timeout", "retry")}
+    for name in ("socket_timeout", "socket_connect_timeout"):
+        if saved[name] is None:
+            kwargs[name] = settings.socket_timeout_s
+    kwargs["retry"] = single_try()
+    node_retries = {}
+    for node in list(client.nodes_manager.nodes_cache.values()):
+        if node.redis_connection is not None:
+            node_retries[node.name] = (node, node.redis_connection.get_retry())
+            node.redis_connection.set_retry(single_try())
+    previous = client.retry
+    from redis.retry import Retry
+
+    client.set_retry(Retry(_LoadBackoff(settings), settings.retry_attempts - 1))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        client.set_retry(previous)
+        for node, retry in node_retries.values():
+            if node.redis_connection is not None and retry is not None:
+                node.redis_connection.set_retry(retry)
+        for name, value in saved.items():
+            if value is None:
+                kwargs.pop(name, None)
+            else:
+                kwargs[name] = value
