@@ -62,8 +62,15 @@ def _parse_sets(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def _redis(url: str) -> Any:
+    """A client for ``url``; ``redis+cluster://host:port`` (``rediss+cluster://`` with TLS) is a Redis Cluster,
+    reached through any of its nodes (the slot map is read from it)."""
     import redis
 
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("redis+cluster", "rediss+cluster"):
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(f"{scheme.replace('+cluster', '')}://{rest}")
     return redis.Redis.from_url(url)
 
 
@@ -80,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="YAML file with config overrides")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key, e.g. --set scoring.top_k=50 (repeatable)")
-    parser.add_argument("--redis-url", default=os.environ.get("RECSYS_REDIS_URL", DEFAULT_REDIS_URL))
+    parser.add_argument("--redis-url", default=os.environ.get("RECSYS_REDIS_URL", DEFAULT_REDIS_URL),
+                        help="redis://host:port/db (rediss:// for TLS); a Redis Cluster: redis+cluster://host:port")
     parser.add_argument("--run-id", help="run id written into the documents (default: the one this run directory "
                         "was loaded with before, else the directory's name)")
     parser.add_argument("--logical-date", help="logical date of the run (default: the one this run directory was "

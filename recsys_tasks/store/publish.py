@@ -243,6 +243,7 @@ def publish(
         "reason": reason,
         "keys_per_s": round(users / max(elapsed, 1e-9), 1),
         "avg_document_bytes": round(counts["payload_bytes"] / max(users, 1), 1),
+        "replayed": counts["replayed"],
         **leftovers,
         **memory,
         "capacity": capacity,

@@ -56,7 +56,7 @@ class Part:
     def payload(self) -> bytes:
         if not self.asking:
             return keys.payload(self.commands)
-        return b"".join(keys.asking_payload(row) for row in self.commands.to_pylist())
+        return b"".join(keys.asking_payload(row.encode()) for row in self.commands.to_pylist())
 
 
 @dataclass
@@ -86,6 +86,7 @@ class PipelinedWriter:
         self.route = route_for(client)
         self.queues: dict[str, collections.deque[Part]] = collections.defaultdict(collections.deque)
         self.acknowledged = 0
+        self.replayed = {"moved": 0, "ask": 0, "lost_or_busy": 0}
         self.started = self.next_report = time.perf_counter()
         self._transient = transient_errors()
         self._cluster_retry = (rex.ClusterDownError, rex.TryAgainError, rex.BusyLoadingError, rex.ReadOnlyError)
@@ -218,6 +219,9 @@ class PipelinedWriter:
         for _ in range(MAX_REDIRECT_ROUNDS):
             if not outcome:
                 return
+            self.replayed["moved"] += sum(len(p) for p in outcome.moved)
+            self.replayed["ask"] += sum(len(p) for ps in outcome.ask.values() for p in ps)
+            self.replayed["lost_or_busy"] += sum(len(p) for p in outcome.transient)
             if outcome.transient:
                 if failures >= self.settings.retry_attempts:
                     raise RedisUnavailableError(
@@ -257,8 +261,8 @@ def write_documents(client: Any, path: Any, settings: StoreConfig, run_fields: d
     """Write every user's document of ``path`` (pipelined, with TTL) to ``client`` (a ``Redis`` or ``RedisCluster``).
 
     ``run_fields`` (run id, logical date, generation time) go into every document. Returns
-    ``{"written": acknowledged rows, "payload_bytes": JSON bytes}``. ``on_progress(acknowledged,
-    total)`` is called as replies come in.
+    ``{"written": acknowledged rows, "payload_bytes": JSON bytes, "replayed": rows replayed by cause}``.
+    ``on_progress(acknowledged, total)`` is called as replies come in.
     """
     from .source import count_rows, iter_recommendation_batches
 
@@ -274,7 +278,7 @@ def write_documents(client: Any, path: Any, settings: StoreConfig, run_fields: d
         written = writer.finish()
     finally:
         writer.close()
-    return {"written": written, "payload_bytes": payload_bytes}
+    return {"written": written, "payload_bytes": payload_bytes, "replayed": dict(writer.replayed)}
 
 
 def _zeros(count: int) -> Any:
