@@ -16,7 +16,6 @@ import sys
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
