@@ -48,6 +48,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_cluster_port() -> int:
+    """A free port p <= 55535 whose cluster bus port p + 10000 is free too (Redis Cluster needs both)."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 55535)
+        try:
+            with socket.socket() as first, socket.socket() as second:
+                first.bind(("127.0.0.1", port))
+                second.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise LocalRedisError("found no free port pair (p, p + 10000) for a cluster node")
+
+
 @dataclass(frozen=True)
 class TLSFiles:
     """PEM files for a TLS-only local Redis: its certificate and key, and the CA that signed it."""
@@ -235,7 +251,7 @@ class LocalCluster:
         self.nodes: list[LocalRedis] = []
         for index in range(masters * 2):
             node_dir = directory / f"node{index}"
-            self.nodes.append(LocalRedis(free_port(), node_dir, extra_args=(
+            self.nodes.append(LocalRedis(free_cluster_port(), node_dir, extra_args=(
                 "--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf"),
                 "--cluster-node-timeout", str(node_timeout_ms), "--appendonly", "no")))
 
@@ -244,16 +260,20 @@ class LocalCluster:
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
 
     def start(self, timeout_s: float = 60.0) -> LocalCluster:
-        for node in self.nodes:
-            node.start()
-        cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
-        result = subprocess.run(
-            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes), "--cluster-replicas", "1",
-             "--cluster-yes"], capture_output=True, text=True)
-        if result.returncode != 0:
+        try:
+            for node in self.nodes:
+                node.start()
+            cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+            result = subprocess.run(
+                [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes), "--cluster-replicas", "1",
+                 "--cluster-yes"], capture_output=True, text=True)
+            if result.returncode != 0:
+                raise LocalRedisError(
+                    f"redis-cli --cluster create failed: {result.stdout[-1500:]} {result.stderr[-500:]}")
+            self.wait_healthy(timeout_s)
+        except BaseException:
             self.stop()
-            raise LocalRedisError(f"redis-cli --cluster create failed: {result.stdout[-1500:]} {result.stderr[-500:]}")
-        self.wait_healthy(timeout_s)
+            raise
         return self
 
     def live_nodes(self) -> list[LocalRedis]:

@@ -91,9 +91,13 @@ class PipelinedWriter:
         self._transient = transient_errors()
         self._cluster_retry = (rex.ClusterDownError, rex.TryAgainError, rex.BusyLoadingError, rex.ReadOnlyError)
         self._rex = rex
+        self._down: set[str] = set()  # nodes whose connection failed in the current round
 
     # --- sending and reading -----------------------------------------------------------------------------
     def _send(self, name: str, part: Part, outcome: Outcome) -> None:
+        if name in self._down:  # its connection failed in this round: one connection attempt per node and try
+            outcome.transient.append(part)
+            return
         try:
             self.route.connection(name).send_packed_command([part.payload()], check_health=False)
         except self._transient as exc:
@@ -105,6 +109,7 @@ class PipelinedWriter:
 
     def _lose_node(self, name: str, outcome: Outcome, error: BaseException, extra: list[Part]) -> None:
         """A node's connection failed: everything sent to it and not yet acknowledged is replayed."""
+        self._down.add(name)
         outcome.transient.extend([*self.queues.pop(name, ()), *extra])
         outcome.error = error
         self.route.drop(name)
@@ -196,6 +201,7 @@ class PipelinedWriter:
     def submit(self, part: Part) -> None:
         """Send one chunk (grouped by node), then read the replies of the chunk before it."""
         outcome = Outcome()
+        self._down.clear()
         for name, indices in self.route.group(part.slots).items():
             self._send(name, part.take(indices), outcome)
         self._drain(outcome, keep_newest=not outcome)
@@ -242,6 +248,7 @@ class PipelinedWriter:
                     outcome.moved = []
                     continue
             pending = Outcome()
+            self._down.clear()
             for part in (*outcome.transient, *outcome.moved):
                 for name, indices in self.route.group(part.slots).items():
                     self._send(name, part.take(indices), pending)
