@@ -237,7 +237,8 @@ def test_force_publish_overrides_the_gate_loudly(broken_run, redis_client, caplo
     with caplog.at_level(logging.INFO, logger="recsys_tasks"):
         summary = run_stage("load_redis", forced, root, redis_client=redis_client, run_id="forced")
     assert summary["quality_gate"] == {**summary["quality_gate"], "passed": False, "forced": True}
-    assert read_manifest(redis_client, config.store)["run_id"] == "forced"
+    manifest = read_manifest(redis_client, config.store)
+    assert (manifest["run_id"], manifest["forced"], manifest["forced_by"]) == ("forced", True, ["quality"])
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("PUBLISHING ANYWAY" in m for m in errors)
     assert any("failed retrieval_lift" in m for m in errors)

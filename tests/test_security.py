@@ -34,7 +34,7 @@ from recsys_tasks.scoring import recommendations_schema
 DAG_ID = "offline_batch_recsys"
 RUN_ID = "scheduled__2026-12-03T00:00:00+00:00"
 LEAST_PRIVILEGE = ["resetkeys", "~USER:*", "~RECSYS:*", "resetchannels", "-@all", "+@read", "+@write",
-                   "+@scripting", "+@connection", "-@dangerous", "+json.set", "+json.get"]
+                   "+@scripting", "+@connection", "-@dangerous", "+json.set", "+json.get", "+info"]
 
 
 @pytest.fixture(scope="module")

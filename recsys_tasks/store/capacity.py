@@ -109,6 +109,8 @@ def check_capacity(client: Any, settings: StoreConfig, user_ids: Any, documents:
     """
     import redis
 
+    nodes = _primaries(client)
+    memory_of = {name: _memory_info(name, node) for name, node in nodes.items()}  # INFO first: ACL errors write nothing
     try:
         new_bytes, old_bytes = _sample_sizes(client, settings, user_ids, documents)
     except redis.exceptions.OutOfMemoryError as exc:
@@ -122,12 +124,11 @@ def check_capacity(client: Any, settings: StoreConfig, user_ids: Any, documents:
             raise RedisJSONMissingError(json_module_hint("Redis")) from exc
         raise
     per_user = max(new_bytes - old_bytes, 0.0) * MARGIN
-    nodes = _primaries(client)
     report: dict[str, Any] = {"bytes_per_document": round(new_bytes, 1), "freed_per_user": round(old_bytes, 1),
                               "nodes": {}}
     short = []
     for name, users in _users_per_node(client, settings, user_ids).items():
-        memory = _memory_info(name, nodes.get(name) or client)
+        memory = memory_of.get(name) or _memory_info(name, nodes.get(name) or client)
         limit = memory["maxmemory"] or memory["total_system_memory"]
         needed = int(users * per_user)
         free = max(limit - memory["used_memory"], 0) if limit else None
