@@ -1,7 +1,8 @@
 """``python -m recsys_tasks <stage> --run-dir DIR``: every stage runnable without Airflow.
 
 ``run`` runs all seven stages in order; ``fetch USER_ID`` prints one published document; ``bench``
-measures scoring and loading against the notebook's method (``python -m recsys_tasks bench --help``). Redis is
+measures scoring and loading against the notebook's method (``python -m recsys_tasks bench --help``);
+``bench-store`` the load into a Redis Cluster vs one Redis vs ``redis-benchmark --cluster``. Redis is
 reached through ``--redis-url`` (default: the ``RECSYS_REDIS_URL`` environment variable).
 """
 
@@ -80,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["bench-store"]:
+        from .bench_store import main as bench_store_main
+
+        return bench_store_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m recsys_tasks", description=__doc__)
     parser.add_argument("command", choices=[*STAGES, "run", "fetch", "show"])
     parser.add_argument("user_id", nargs="?", type=int, help="raw user id (fetch only)")

@@ -238,18 +238,20 @@ class LocalRedis:
 
 
 class LocalCluster:
-    """A throwaway Redis Cluster on this machine: ``masters`` masters with one replica each, RedisJSON on every node.
+    """A throwaway Redis Cluster on this machine: ``masters`` masters with ``replicas`` replicas each, RedisJSON on
+    every node.
 
     Each node is a :class:`LocalRedis` in cluster mode (own directory, free port); the cluster is
     formed with ``redis-cli --cluster create ... --cluster-replicas 1``. ``node_timeout_ms`` is
     how long a master may be unreachable before its replica takes over.
     """
 
-    def __init__(self, directory: Path, masters: int = 3, node_timeout_ms: int = 1000) -> None:
+    def __init__(self, directory: Path, masters: int = 3, node_timeout_ms: int = 1000, replicas: int = 1) -> None:
         self.directory = directory
         self.node_timeout_ms = node_timeout_ms
+        self.replicas = replicas
         self.nodes: list[LocalRedis] = []
-        for index in range(masters * 2):
+        for index in range(masters * (1 + replicas)):
             node_dir = directory / f"node{index}"
             self.nodes.append(LocalRedis(free_cluster_port(), node_dir, extra_args=(
                 "--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf"),
@@ -265,8 +267,8 @@ class LocalCluster:
                 node.start()
             cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
             result = subprocess.run(
-                [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes), "--cluster-replicas", "1",
-                 "--cluster-yes"], capture_output=True, text=True)
+                [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                 "--cluster-replicas", str(self.replicas), "--cluster-yes"], capture_output=True, text=True)
             if result.returncode != 0:
                 raise LocalRedisError(
                     f"redis-cli --cluster create failed: {result.stdout[-1500:]} {result.stderr[-500:]}")

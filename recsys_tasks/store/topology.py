@@ -8,6 +8,7 @@ makes one connection attempt per try (:mod:`recsys_tasks.store.resilience` owns 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from .resilience import is_cluster, single_try
@@ -15,12 +16,46 @@ from .resilience import is_cluster, single_try
 SLOTS = 16384
 
 
-def key_slots(keys: Any) -> Any:
-    """The cluster hash slot of every key of a pyarrow string array (CRC16 of the key or its ``{tag}``)."""
+@functools.lru_cache(maxsize=1)
+def _crc16_table() -> Any:
+    """CRC16-XMODEM (polynomial 0x1021), the hash of Redis Cluster, one entry per byte value."""
     import numpy as np
+
+    table = np.zeros(256, dtype=np.uint32)
+    for byte in range(256):
+        crc = byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+        table[byte] = crc & 0xFFFF
+    return table
+
+
+def key_slots(keys: Any) -> Any:
+    """The cluster hash slot of every key of a pyarrow string array: CRC16 of the key (or of its ``{tag}``) mod 16384.
+
+    Computed column-wise, one byte position at a time over all keys (keys are short); a key with a
+    ``{`` takes redis-py's per-key function, which applies the hash-tag rule.
+    """
+    import numpy as np
+    import pyarrow.compute as pc
     from redis.crc import key_slot
 
-    return np.fromiter((key_slot(k.encode()) for k in keys.to_pylist()), dtype=np.int64, count=len(keys))
+    if len(keys) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if pc.any(pc.match_substring(keys, "{")).as_py():
+        return np.fromiter((key_slot(k.encode()) for k in keys.to_pylist()), dtype=np.int64, count=len(keys))
+    _, offsets_buffer, data = keys.buffers()
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int32)[keys.offset : keys.offset + len(keys) + 1]
+    raw = np.frombuffer(data, dtype=np.uint8)
+    starts, lengths = offsets[:-1].astype(np.int64), np.diff(offsets).astype(np.int64)
+    table = _crc16_table()
+    crc = np.zeros(len(keys), dtype=np.uint32)
+    for position in range(int(lengths.max())):
+        active = lengths > position
+        byte = raw[np.minimum(starts + position, len(raw) - 1)].astype(np.uint32)
+        updated = ((crc << 8) & 0xFFFF) ^ table[((crc >> 8) ^ byte) & 0xFF]
+        crc = np.where(active, updated, crc)
+    return (crc % SLOTS).astype(np.int64)
 
 
 class SingleRoute:

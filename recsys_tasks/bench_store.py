@@ -1,0 +1,210 @@
+"""``python -m recsys_tasks bench-store``: the load into a Redis Cluster vs one Redis vs ``redis-benchmark --cluster``.
+
+On one machine and one set of synthetic documents (``--users`` users, ``--top-n`` items each, the
+pipeline's document shape), it starts a local Redis and a local Redis Cluster (``--masters``
+masters, ``--replicas`` replicas each, RedisJSON on every node) and measures, ``--repeats`` times
+in turn (the median is reported):
+
+- ours into the cluster: ``store.publish`` (validation, lock, capacity pre-flight, pipelined
+  ``JSON.SET`` + ``EXPIRE`` grouped by slot owner, fallback, manifest); keys/s of the write phase;
+- ours into the single Redis, the same load;
+- ``redis-benchmark --cluster -P 64`` of ``JSON.SET`` with a typical document of this run against the
+  cluster (one command per key, no ``EXPIRE``): what the servers take at most from a C client.
+
+Targets (issue 12): cluster >= 75% of ``redis-benchmark --cluster``; cluster within 20% of the single
+node's keys/s. Every figure is printed as a markdown table and written to ``--out`` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import StoreConfig
+
+BENCH = StoreConfig(key_prefix="BENCH:U:", manifest_key="BENCH:MANIFEST", lock_key="BENCH:LOCK",
+                    fallback_key="BENCH:FALLBACK", ttl_s=3600)
+PIPELINE = 64
+
+
+class BenchStoreError(RuntimeError):
+    pass
+
+
+def synthetic_recommendations(path: Path, users: int, top_n: int, seed: int) -> Path:
+    """``users`` lists of ``top_n`` items with float32 scores, as the 'score' stage writes them."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    items = rng.integers(0, 100_000, size=(users, top_n))
+    scores = -np.sort(-rng.random((users, top_n)).astype(np.float32), axis=1)
+    offsets = pa.array(np.arange(0, users * top_n + 1, top_n, dtype=np.int32))
+    table = pa.table({
+        "user_id": pa.array(np.arange(users, dtype=np.int64) * 7 + 1),
+        "recommendations": pa.ListArray.from_arrays(offsets, pa.array(items.ravel())),
+        "scores": pa.ListArray.from_arrays(offsets, pa.array(scores.ravel())),
+    })
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
+def delete_bench_keys(client: Any) -> None:
+    from .store.resilience import is_cluster
+
+    nodes = ([client.get_redis_connection(n) for n in client.get_primaries()] if is_cluster(client) else [client])
+    for node in nodes:  # one key per UNLINK: a cluster node refuses several keys of different slots
+        pipe = node.pipeline(transaction=False)
+        for key in node.scan_iter(match="BENCH:*", count=10_000):
+            pipe.unlink(key)
+            if len(pipe) >= 5_000:
+                pipe.execute()
+        pipe.execute()
+
+
+def measure_ours(client: Any, path: Path, chunk_keys: int) -> dict[str, Any]:
+    import dataclasses
+
+    from .store import publish
+
+    settings = dataclasses.replace(BENCH, pipeline_chunk_keys=chunk_keys)
+    delete_bench_keys(client)
+    started = time.perf_counter()
+    summary = publish(client, path, settings, run_id="bench", logical_date="", generated_at="2026-01-01T00:00:00+00:00")
+    total_s = time.perf_counter() - started
+    delete_bench_keys(client)
+    return {"keys_per_s": summary["keys_per_s"], "users": summary["users"], "load_seconds": round(total_s, 2),
+            "avg_document_bytes": summary["avg_document_bytes"]}
+
+
+def measure_redis_benchmark(port: int, document: str, requests: int, cluster: bool) -> dict[str, Any]:
+    binary = shutil.which("redis-benchmark")
+    if binary is None:
+        raise BenchStoreError("redis-benchmark is not installed (apt-get install redis-tools)")
+    key = "BENCH:{tag}:__rand_int__" if cluster else "BENCH:RB:__rand_int__"
+    command = [binary, *(["--cluster"] if cluster else []), "-h", "127.0.0.1", "-p", str(port), "-P", str(PIPELINE),
+               "-n", str(requests), "-r", str(requests), "--csv", "JSON.SET", key, "$", document]
+    result = subprocess.run(command, capture_output=True, text=True)
+    lines = [line for line in result.stdout.splitlines() if line.startswith('"')]
+    numbers = []
+    if len(lines) >= 2 and lines[0].startswith('"test"'):
+        numeric = lines[0].count(",")
+        numbers = re.findall(r"[0-9.]+", lines[-1].rsplit(",", numeric)[1])
+    if result.returncode != 0 or not numbers:
+        raise BenchStoreError(f"redis-benchmark failed: {result.stdout[-500:]} {result.stderr[-500:]}")
+    return {"keys_per_s": float(numbers[0]), "requests": requests, "pipeline": PIPELINE, "clients": 50}
+
+
+def typical_document(path: Path) -> str:
+    import pyarrow.parquet as pq
+
+    from .store.keys import build_document
+
+    row = pq.read_table(path).slice(0, 1).to_pylist()[0]
+    return json.dumps(build_document(row["user_id"], row["recommendations"], row["scores"], run_id="bench",
+                                     logical_date="", generated_at="2026-01-01T00:00:00+00:00"), separators=(",", ":"))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import redis
+
+    from .local_redis import LocalCluster, LocalRedis, free_port
+
+    from .store.keys import _micro_spellings
+
+    _micro_spellings()  # built once per process (~0.5 s): not part of any measured load
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_store_"))
+    path = synthetic_recommendations(work / "recommendations.parquet", args.users, args.top_n, args.seed)
+    document = typical_document(path)
+    single = LocalRedis(free_port(), work / "single").start()
+    cluster = LocalCluster(work / "cluster", masters=args.masters, replicas=args.replicas).start()
+    runs: dict[str, list[dict[str, Any]]] = {"cluster": [], "single": [], "redis_benchmark_cluster": [],
+                                             "redis_benchmark_single": []}
+    try:
+        single_client = redis.Redis(port=single.port)
+        cluster_client = cluster.client()
+        for repeat in range(args.repeats):
+            logging.getLogger("recsys_tasks").info("repeat %d of %d", repeat + 1, args.repeats)
+            runs["cluster"].append(measure_ours(cluster_client, path, args.pipeline_chunk_keys))
+            runs["single"].append(measure_ours(single_client, path, args.pipeline_chunk_keys))
+            runs["redis_benchmark_cluster"].append(
+                measure_redis_benchmark(cluster.nodes[0].port, document, args.users, cluster=True))
+            delete_bench_keys(cluster_client)
+            runs["redis_benchmark_single"].append(measure_redis_benchmark(single.port, document, args.users, False))
+            delete_bench_keys(single_client)
+    finally:
+        cluster.stop()
+        single.stop()
+        if not args.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    median = {name: statistics.median(r["keys_per_s"] for r in rs) for name, rs in runs.items()}
+    return {
+        "users": args.users, "top_n": args.top_n, "document_bytes": len(document), "masters": args.masters,
+        "replicas": args.replicas, "repeats": args.repeats, "pipeline_chunk_keys": args.pipeline_chunk_keys,
+        "runs": runs, "median_keys_per_s": median,
+        "cluster_vs_redis_benchmark": round(median["cluster"] / median["redis_benchmark_cluster"], 3),
+        "cluster_vs_single": round(median["cluster"] / median["single"], 3),
+    }
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["median_keys_per_s"]
+    ok = {True: "met", False: "not met"}
+    rows = [
+        f"| measure (median of {results['repeats']}) | keys/s | ratio | target |",
+        "|---|---:|---:|---|",
+        f"| ours into the cluster ({results['masters']} masters, {results['replicas']} replica(s) each) | "
+        f"{m['cluster']:,.0f} | | |",
+        f"| ours into one Redis | {m['single']:,.0f} | cluster/single {results['cluster_vs_single']:.2f} | "
+        f">= 0.80: {ok[results['cluster_vs_single'] >= 0.8]} |",
+        f"| redis-benchmark --cluster -P {PIPELINE} JSON.SET | {m['redis_benchmark_cluster']:,.0f} | "
+        f"cluster/benchmark {results['cluster_vs_redis_benchmark']:.2f} | "
+        f">= 0.75: {ok[results['cluster_vs_redis_benchmark'] >= 0.75]} |",
+        f"| redis-benchmark -P {PIPELINE} JSON.SET, one Redis | {m['redis_benchmark_single']:,.0f} | | |",
+    ]
+    return "\n".join(rows)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m recsys_tasks bench-store", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=200_000, help="documents per load")
+    parser.add_argument("--top-n", type=int, default=10, help="items per list")
+    parser.add_argument("--masters", type=int, default=3)
+    parser.add_argument("--replicas", type=int, default=0, help="replicas per master (same machine)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pipeline-chunk-keys", type=int, default=StoreConfig().pipeline_chunk_keys)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--work-dir", default="", help="keep the inputs and server directories here")
+    parser.add_argument("--out", default="bench_store.json")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    results = run(args)
+    results["markdown"] = markdown(results)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(results["markdown"])
+    print(f"\nresults written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
