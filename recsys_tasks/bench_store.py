@@ -122,7 +122,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import redis
 
     from .local_redis import LocalCluster, LocalRedis, free_port
-
     from .store.keys import _micro_spellings
 
     _micro_spellings()  # built once per process (~0.5 s): not part of any measured load
