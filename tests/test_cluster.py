@@ -122,6 +122,10 @@ def test_full_load_audited_key_by_key_and_read_back(cluster, client, tmp_path, c
     manifest = read_manifest(client, SETTINGS)
     assert (manifest["run_id"], manifest["forced"], manifest["forced_by"]) == ("day-2", True, ["date"])
     audit(client, rows_for(range(100), 20), "day-2", DAY.format(2))
+    capsys.readouterr()
+    assert main(["show", "--redis-url", cluster.url, "--set", f"artifact_root={tmp_path}",
+                 "--expect-logical-date", DAY.format(2)]) == 0
+    assert '"run_id": "day-2"' in capsys.readouterr().out
 
 
 def test_the_airflow_connection_with_the_cluster_extra_loads_into_the_cluster(cluster, client, tmp_path,

@@ -34,13 +34,17 @@ def _primaries(client: Any) -> dict[str, Any]:
     return {node.name: client.get_redis_connection(node) for node in client.get_primaries()}
 
 
-def require_json_module(client: Any) -> None:
-    """Fail at once, naming the module and how to load it, unless every master serves ``JSON.SET``."""
+def require_json_module(client: Any, settings: StoreConfig | None = None) -> None:
+    """Fail at once, naming the module and how to load it, unless every master knows ``JSON.GET``.
+
+    Each master is asked for the manifest (a key the load may read under a least-privilege ACL).
+    """
     import redis
 
+    probe = (settings or StoreConfig()).manifest_key
     for name, node in _primaries(client).items():
         try:
-            node.execute_command("JSON.GET", "RECSYS:__probe_json_module__")
+            node.execute_command("JSON.GET", probe)
         except redis.exceptions.AskError:
             continue  # MOVED/ASK: the node knows JSON.GET (commands are looked up before slots)
         except redis.ResponseError as exc:

@@ -191,7 +191,7 @@ def publish(
 
     with resilient(client, settings):
         try:
-            require_json_module(client)
+            require_json_module(client, settings)
             with LoadLock(client, settings, owner=run_id) as lock:
                 current = read_manifest(client, settings)
                 go, reason = publish_decision(current, logical_date, settings)

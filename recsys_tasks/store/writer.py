@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -292,17 +292,3 @@ def _zeros(count: int) -> Any:
     import numpy as np
 
     return np.zeros(count, dtype=np.int64)
-
-
-def write_documents_from(client: Any, batches: Iterable[Any], settings: StoreConfig, run_fields: dict[str, str],
-                         total: int) -> int:
-    """Like :func:`write_documents` for RecordBatches already in memory (the benchmark uses it)."""
-    tail = keys.document_tail(run_fields)
-    writer = PipelinedWriter(client, settings, total=total)
-    try:
-        for batch in batches:
-            commands, key_names, _ = keys.encode_commands(batch, settings, tail)
-            writer.submit(Part(commands, key_slots(key_names) if writer.route.cluster else _zeros(len(commands))))
-        return writer.finish()
-    finally:
-        writer.close()
