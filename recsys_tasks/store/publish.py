@@ -26,7 +26,7 @@ from .capacity import check_capacity, require_json_module, sample_memory
 from .errors import RedisUnavailableError, StoreOutOfMemoryError
 from .lock import LoadLock
 from .reader import read_manifest
-from .resilience import resilient, transient_errors
+from .resilience import resilient, transient_errors, with_tries
 from .source import check_recommendations, iter_recommendation_batches
 from .writer import ProgressCallback, write_documents
 
@@ -191,7 +191,7 @@ def publish(
 
     with resilient(client, settings):
         try:
-            require_json_module(client, settings)
+            with_tries(settings, "reaching Redis", lambda: require_json_module(client, settings))
             with LoadLock(client, settings, owner=run_id) as lock:
                 current = read_manifest(client, settings)
                 go, reason = publish_decision(current, logical_date, settings)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from ..common import get_logger
 from ..config import StoreConfig
 
 log = get_logger("load_redis")
+T = TypeVar("T")
 
 
 def is_cluster(client: Any) -> bool:
@@ -44,6 +45,31 @@ def wait_before_retry(settings: StoreConfig, failures: int, error: BaseException
     log.warning("Redis %s (%s) %s; retrying in %.1fs (try %d of %d)", type(error).__name__, error, what, delay,
                 failures + 1, settings.retry_attempts)
     time.sleep(delay)
+
+
+def with_tries(settings: StoreConfig, what: str, operation: Callable[[], T]) -> T:
+    """``operation()`` with ``retry_attempts`` tries on connection errors and timeouts (never a refused password).
+
+    Inside a try redis-py's own retries make one attempt, so tries never nest. Used for the load's
+    first contact: redis-py 6.4 does not retry a refused first connection by itself.
+    """
+    import redis
+
+    failures = 0
+    while True:
+        outer = getattr(_retry_scope, "active", False)
+        _retry_scope.active = True
+        try:
+            return operation()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if isinstance(exc, redis.AuthenticationError):
+                raise
+            failures += 1
+            if failures >= settings.retry_attempts:
+                raise
+            wait_before_retry(settings, failures, exc, what)
+        finally:
+            _retry_scope.active = outer
 
 
 def single_try() -> Any:
@@ -85,15 +111,26 @@ def load_retry(settings: StoreConfig) -> Any:
         """
 
         def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):  # type: ignore[no-untyped-def]
+            # Our own loop (not super()'s): redis-py 6.4 takes (do, fail), 8.x adds the last two arguments.
             if getattr(_retry_scope, "active", False):
                 return do()
-
-            def retryable(error: Exception) -> bool:
-                return not isinstance(error, AuthenticationError) and (is_retryable is None or is_retryable(error))
-
             _retry_scope.active = True
             try:
-                return super().call_with_retry(do, fail, retryable, with_failure_count)
+                failures = 0
+                while True:
+                    try:
+                        return do()
+                    except self._supported_errors as error:
+                        if isinstance(error, AuthenticationError) or (is_retryable and not is_retryable(error)):
+                            raise
+                        failures += 1
+                        if with_failure_count:
+                            fail(error, failures)
+                        else:
+                            fail(error)
+                        if failures > self._retries:
+                            raise
+                        time.sleep(self._backoff.compute(failures))
             finally:
                 _retry_scope.active = False
 
