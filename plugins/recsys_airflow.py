@@ -50,7 +50,9 @@ def logical_date(context: Any) -> str:
 
 def redis_client(conn_id: str = REDIS_CONN_ID) -> Any:
     """A redis-py client from the Airflow connection: host, port, login (ACL user), password, and the extras
-    ``db``, ``ssl``, ``ssl_ca_certs``, ``ssl_cert_reqs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_check_hostname``.
+    ``db``, ``ssl``, ``ssl_ca_certs``, ``ssl_cert_reqs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_check_hostname``;
+    with the extra ``{"cluster": true}`` (and optionally ``startup_nodes``) it is a ``RedisCluster``, which the
+    load and ``fetch`` handle as well.
 
     Secrets stay in the connection (Airflow masks them in task logs); the load adds retries and timeouts.
     """
