@@ -115,39 +115,40 @@ class PipelinedWriter:
         self.route.drop(name)
 
     def _read(self, name: str, outcome: Outcome) -> None:
-        """Read the replies of the oldest part sent to ``name``."""
+        """Read the replies of the oldest part sent to ``name``: a tight loop, rows looked at only on an error reply."""
         part = self.queues[name].popleft()
         connection = self.route.connection(name)
         rex = self._rex
         per_row = part.replies_per_row
-        redo: dict[Any, list[int]] = collections.defaultdict(list)
-        acked = 0
-        for row in range(len(part)):
-            verdict: Any = None
-            for _ in range(per_row):
-                try:
+        total = len(part) * per_row
+        verdicts: dict[int, Any] = {}  # row -> why it must be sent again
+        index = 0
+        while index < total:
+            position = index  # the reply being read when an exception comes
+            try:
+                for position in range(index, total):  # noqa: B007 - read by the except clauses
                     connection.read_response()
-                except self._transient as exc:
-                    if isinstance(exc, rex.ResponseError):  # CLUSTERDOWN, TRYAGAIN, LOADING: the stream is intact
-                        verdict = verdict or ("transient", exc)
-                        continue
-                    if isinstance(exc, rex.AuthenticationError):
-                        raise
-                    self._count(acked)
-                    rest = part.take(list(range(row, len(part))))
-                    self._lose_node(name, outcome, exc, [rest])
-                    self._collect(part, redo, outcome)
-                    return
-                except rex.ResponseError as exc:
-                    verdict = self._classify(name, exc, connection) or verdict
-            if verdict is None:
-                acked += 1
-            else:
-                redo[verdict[:2] if verdict[0] == "ask" else verdict[0]].append(row)
-                if verdict[0] == "transient":
-                    outcome.error = verdict[1]
-        self._count(acked)
-        self._collect(part, redo, outcome)
+                index = total
+            except self._transient as exc:
+                row = position // per_row
+                if isinstance(exc, rex.ResponseError):  # CLUSTERDOWN, TRYAGAIN, LOADING: the stream is intact
+                    verdicts.setdefault(row, ("transient", exc))
+                    index = position + 1
+                    continue
+                if isinstance(exc, rex.AuthenticationError):
+                    raise
+                # The connection is gone: rows before this one are answered, this one and the rest are not.
+                self._count(row - sum(1 for r in verdicts if r < row))
+                self._lose_node(name, outcome, exc, [part.take(list(range(row, len(part))))])
+                self._collect(part, verdicts, outcome)
+                return
+            except rex.ResponseError as exc:
+                verdict = self._classify(name, exc, connection)
+                if verdict is not None:
+                    verdicts[position // per_row] = verdict
+                index = position + 1
+        self._count(len(part) - len(verdicts))
+        self._collect(part, verdicts, outcome)
 
     def _classify(self, name: str, exc: Exception, connection: Any) -> tuple[Any, ...] | None:
         rex = self._rex
@@ -169,7 +170,12 @@ class PipelinedWriter:
         raise StoreError(f"{name} refused a document write: {exc}") from exc
 
     @staticmethod
-    def _collect(part: Part, redo: dict[Any, list[int]], outcome: Outcome) -> None:
+    def _collect(part: Part, verdicts: dict[int, Any], outcome: Outcome) -> None:
+        redo: dict[Any, list[int]] = collections.defaultdict(list)
+        for row, verdict in sorted(verdicts.items()):
+            redo[verdict if verdict[0] == "ask" else verdict[0]].append(row)
+            if verdict[0] == "transient":
+                outcome.error = verdict[1]
         for kind, rows in redo.items():
             if kind == "transient":
                 outcome.transient.append(part.take(rows))
