@@ -29,6 +29,15 @@ log = get_logger("load_redis")
 
 ProgressCallback = Callable[[int, int], None]
 MAX_REDIRECT_ROUNDS = 64
+ROW_REPLIES = b"+OK\r\n:1\r\n"  # JSON.SET, EXPIRE
+ROW_REPLIES_ASKING = b"+OK\r\n+OK\r\n+OK\r\n:1\r\n"  # ASKING, JSON.SET, ASKING, EXPIRE
+
+
+def _parse_error(message: str) -> Exception:
+    """An error line as redis-py raises it (MOVED -> MovedError, OOM -> OutOfMemoryError, ...)."""
+    from redis._parsers.base import BaseParser
+
+    return BaseParser.parse_error(message)
 
 
 @dataclass
@@ -92,6 +101,7 @@ class PipelinedWriter:
         self._cluster_retry = (rex.ClusterDownError, rex.TryAgainError, rex.BusyLoadingError, rex.ReadOnlyError)
         self._rex = rex
         self._down: set[str] = set()  # nodes whose connection failed in the current round
+        self._buffers: dict[str, bytearray] = {}  # bytes received from a node and not yet parsed
 
     # --- sending and reading -----------------------------------------------------------------------------
     def _send(self, name: str, part: Part, outcome: Outcome) -> None:
@@ -112,41 +122,73 @@ class PipelinedWriter:
         self._down.add(name)
         outcome.transient.extend([*self.queues.pop(name, ()), *extra])
         outcome.error = error
+        self._buffers.pop(name, None)
         self.route.drop(name)
 
+    def _fill(self, name: str, connection: Any, buffer: bytearray, size: int) -> None:
+        """Receive from ``connection``'s socket until ``buffer`` holds ``size`` bytes."""
+        sock = connection._sock
+        if sock is None:
+            raise self._rex.ConnectionError(f"the connection to {name} is closed")
+        while len(buffer) < size:
+            try:
+                chunk = sock.recv(max(65536, size - len(buffer)))
+            except TimeoutError as exc:
+                raise self._rex.TimeoutError(f"Timeout reading from {name}") from exc
+            except OSError as exc:
+                raise self._rex.ConnectionError(f"Error while reading from {name}: {exc}") from exc
+            if not chunk:
+                raise self._rex.ConnectionError(f"Connection closed by {name}.")
+            buffer += chunk
+
     def _read(self, name: str, outcome: Outcome) -> None:
-        """Read the replies of the oldest part sent to ``name``: a tight loop, rows looked at only on an error reply."""
+        """Read the replies of the oldest part sent to ``name``.
+
+        Every reply to ``JSON.SET``, ``EXPIRE`` and ``ASKING`` is one line (``+OK``, ``:1``, or an
+        ``-`` error), so the replies are read straight from the socket: when a part's bytes equal
+        ``+OK :1`` per row (the normal case) one comparison acknowledges the whole part; otherwise
+        each line is looked at, and an error line is classified as redis-py would raise it.
+        """
         part = self.queues[name].popleft()
         connection = self.route.connection(name)
-        rex = self._rex
         per_row = part.replies_per_row
         total = len(part) * per_row
-        verdicts: dict[int, Any] = {}  # row -> why it must be sent again
-        index = 0
-        while index < total:
-            position = index  # the reply being read when an exception comes
-            try:
-                for position in range(index, total):  # noqa: B007 - read by the except clauses
-                    connection.read_response()
-                index = total
-            except self._transient as exc:
-                row = position // per_row
-                if isinstance(exc, rex.ResponseError):  # CLUSTERDOWN, TRYAGAIN, LOADING: the stream is intact
-                    verdicts.setdefault(row, ("transient", exc))
-                    index = position + 1
-                    continue
-                if isinstance(exc, rex.AuthenticationError):
-                    raise
-                # The connection is gone: rows before this one are answered, this one and the rest are not.
-                self._count(row - sum(1 for r in verdicts if r < row))
-                self._lose_node(name, outcome, exc, [part.take(list(range(row, len(part))))])
-                self._collect(part, verdicts, outcome)
+        buffer = self._buffers.setdefault(name, bytearray())
+        expected = (ROW_REPLIES_ASKING if part.asking else ROW_REPLIES) * len(part)
+        lines: list[bytes] = []
+        lost: BaseException | None = None
+        try:
+            self._fill(name, connection, buffer, len(expected))
+            if buffer[: len(expected)] == expected:
+                del buffer[: len(expected)]
+                self._count(len(part))
                 return
-            except rex.ResponseError as exc:
-                verdict = self._classify(name, exc, connection)
+            position = 0
+            while len(lines) < total:
+                end = buffer.find(b"\r\n", position)
+                if end < 0:
+                    self._fill(name, connection, buffer, len(buffer) + 1)
+                    continue
+                lines.append(bytes(buffer[position:end]))
+                position = end + 2
+            del buffer[:position]
+        except (self._rex.ConnectionError, self._rex.TimeoutError) as exc:
+            if isinstance(exc, self._rex.AuthenticationError):
+                raise
+            lost = exc
+        verdicts: dict[int, Any] = {}
+        for index, line in enumerate(lines):
+            if line[:1] == b"-":
+                verdict = self._classify(name, _parse_error(line[1:].decode(errors="replace")), connection)
                 if verdict is not None:
-                    verdicts[position // per_row] = verdict
-                index = position + 1
+                    verdicts.setdefault(index // per_row, verdict)
+        if lost is not None:
+            # The connection is gone: complete rows are answered, the rest are not.
+            row = len(lines) // per_row
+            self._count(row - sum(1 for r in verdicts if r < row))
+            self._lose_node(name, outcome, lost, [part.take(list(range(row, len(part))))])
+            self._collect(part, {r: v for r, v in verdicts.items() if r < row}, outcome)
+            return
         self._count(len(part) - len(verdicts))
         self._collect(part, verdicts, outcome)
 
@@ -223,6 +265,11 @@ class PipelinedWriter:
         return self.acknowledged
 
     def close(self) -> None:
+        """Give the connections back; one with replies still unread (the load failed) is closed first."""
+        for name in {*(n for n, q in self.queues.items() if q), *(n for n, b in self._buffers.items() if b)}:
+            self.route.drop(name)
+        self.queues.clear()
+        self._buffers.clear()
         self.route.release()
 
     def _replay(self, outcome: Outcome) -> None:
