@@ -14,7 +14,7 @@ step=${1:?usage: install_gpu_worker.sh deps|package PYTHON SRC}
 PYTHON=${2:?python interpreter}
 SRC=${3:?source directory}
 AIRFLOW_VERSION=${AIRFLOW_VERSION:-3.3.2}
-PIP_QUIET=${PIP_QUIET:--q}
+PIP_QUIET=${PIP_QUIET--q}
 
 case "$step" in
   deps)
@@ -24,9 +24,9 @@ case "$step" in
     # swapping in another wheel from PyPI.
     pins="$SRC/image-pins.txt"
     "$PYTHON" -m pip list --format=freeze \
-      | grep -iE '^(tensorflow|keras|merlin-|nvtabular|numpy|pandas|pyarrow|cudf|dask|distributed|rmm|cupy|numba|protobuf|fsspec|wrapt)[^=]*==' \
+      | grep -iE '^(tensorflow|keras|merlin-|nvtabular|numpy|pandas|pyarrow|cudf|dask|distributed|rmm|cupy|numba|protobuf)[^=]*==' \
       > "$pins"
-    "$PYTHON" -m pip install $PIP_QUIET -c "$pins" -c "$SRC/constraints-gpu-worker.txt" \
+    "$PYTHON" -m pip install ${PIP_QUIET:+"$PIP_QUIET"} -c "$pins" -c "$SRC/constraints-gpu-worker.txt" \
       "apache-airflow[celery]==${AIRFLOW_VERSION}" apache-airflow-providers-redis psycopg2-binary asyncpg hiredis \
       threadpoolctl
     # With a Postgres metadata URL, importing Airflow builds its sync and async engines: this fails when a
@@ -37,7 +37,7 @@ assert airflow.__version__ == '${AIRFLOW_VERSION}', airflow.__version__"
     ;;
   package)
     # Without dependencies: they are the image's own (TensorFlow, Merlin, NVTabular) or came with `deps`.
-    "$PYTHON" -m pip install $PIP_QUIET --no-deps "$SRC"
+    "$PYTHON" -m pip install ${PIP_QUIET:+"$PIP_QUIET"} --no-deps "$SRC"
     "$PYTHON" -c "import tensorflow, nvtabular, merlin.models.tf, redis, yaml, recsys_tasks.cli"
     ;;
   *)

@@ -210,7 +210,8 @@ def test_airflow_init_validates_the_secrets_first(services):
 def test_the_secrets_check_names_each_bad_value():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("check_airflow_secrets", REPO / "scripts" / "check_airflow_secrets.py")
+    path = REPO / "scripts" / "check_airflow_secrets.py"
+    spec = importlib.util.spec_from_file_location("check_airflow_secrets", path)
     check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(check)
     from cryptography.fernet import Fernet

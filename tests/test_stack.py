@@ -144,12 +144,12 @@ def test_a_run_scores_its_shards_on_both_gpu_workers_at_once(stack):
 
 
 def test_backfill_of_three_dates_is_run_by_the_scheduler(stack):
+    import pandas as pd
+    import pyarrow.parquet as pq
+
     from recsys_tasks.config import Config
     from recsys_tasks.paths import RunPaths
     from recsys_tasks.store import fetch, read_manifest
-
-    import pandas as pd
-    import pyarrow.parquet as pq
 
     api = stack["api"]
     airflow_cli(stack, "backfill", "create", "--dag-id", DAG_ID, "--from-date", BACKFILL_DATES[0],
