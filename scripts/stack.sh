@@ -101,7 +101,7 @@ PY
     cat <<'EOF'
 AIRFLOW__CORE__EXECUTOR=CeleryExecutor
 AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgresql+psycopg2://airflow:${POSTGRES_PASSWORD}@127.0.0.1:${PG_PORT}/airflow
-AIRFLOW__CELERY__RESULT_BACKEND=db+postgresql://airflow:${POSTGRES_PASSWORD}@127.0.0.1:${PG_PORT}/airflow
+AIRFLOW__CELERY__RESULT_BACKEND=db+postgresql+psycopg2://airflow:${POSTGRES_PASSWORD}@127.0.0.1:${PG_PORT}/airflow
 AIRFLOW__CELERY__BROKER_URL=redis://:${BROKER_PASSWORD}@127.0.0.1:${BROKER_PORT}/0
 AIRFLOW__CORE__FERNET_KEY=${AIRFLOW_FERNET_KEY}
 AIRFLOW__API__SECRET_KEY=${AIRFLOW_API_SECRET_KEY}
@@ -155,14 +155,19 @@ as_pg() {
   else env RECSYS_STACK_ID="$RECSYS_STACK_ID" "$@"; fi
 }
 
-marked_pids() {
-  local pid
-  for pid in $(ls /proc | grep -E '^[0-9]+$'); do
-    [ "$pid" = "$$" ] && continue
-    if tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "RECSYS_STACK_ID=$RECSYS_STACK_ID"; then
-      echo "$pid"
-    fi
-  done
+# A process belongs to the stack when it runs in one of the sessions `start` made (Airflow's setproctitle
+# rewrites command lines and environments, sessions survive), mentions the stack's directories on its
+# command line (postgres), or still carries the marker in its environment.
+stack_pids() {
+  local sids="" f own_sid
+  for f in "$PIDS"/*.pid; do [ -f "$f" ] && sids="$sids $(cat "$f")"; done
+  own_sid=$(ps -o sid= -p $$ | tr -d ' ')
+  {
+    ps -eo pid=,sid=,args= | awk -v sids="$sids" -v dir="$STACK_DIR/" -v pg="${PG_DIR:-/nonexistent}" \
+      -v own="$own_sid" 'BEGIN { n = split(sids, a, " "); for (i = 1; i <= n; i++) s[a[i]] = 1 }
+        $2 != own && (($2 in s) || index($0, dir) || index($0, pg)) { print $1 }'
+    grep -lzx "RECSYS_STACK_ID=$RECSYS_STACK_ID" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3
+  } | sort -un
 }
 
 wait_for() {  # wait_for DESCRIPTION COMMAND...: poll until the command succeeds or UP_TIMEOUT_S passes
@@ -184,10 +189,20 @@ api_ok() { "$MAIN_VENV/bin/python" -c "import urllib.request,sys; urllib.request
 pg_ok() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; }
 broker_ok() { REDISCLI_AUTH=$BROKER_PASSWORD redis-cli -p "$BROKER_PORT" ping | grep -q PONG; }
 store_ok() { REDISCLI_AUTH=$REDIS_RECS_PASSWORD redis-cli -p "$REDIS_RECS_PORT" MODULE LIST | grep -qi rejson; }
-job_ok() { "$MAIN_VENV/bin/airflow" jobs check --job-type "$1" --local --limit 1; }
-worker_ok() {
-  "$GPU_VENV/bin/celery" --app airflow.providers.celery.executors.celery_executor.app inspect ping \
-    -d "gpu-worker-$1@$(hostname)" --timeout 10
+# What `airflow jobs check` checks (a running job of that type with a recent heartbeat), as one query:
+# the CLI takes seconds per call on a loaded machine.
+job_ok() {
+  PGPASSWORD=$POSTGRES_PASSWORD "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U airflow -d airflow -Atc \
+    "select count(*) from job where job_type = '$1' and state = 'running'
+       and latest_heartbeat > now() - interval '60 seconds'" | grep -qv '^0$'
+}
+workers_ok() {  # every GPU worker answers a Celery ping
+  local names=() i
+  for i in $(seq 1 "$GPU_WORKERS"); do names+=("gpu-worker-$i@$(hostname)"); done
+  local out
+  out=$("$GPU_VENV/bin/celery" --app airflow.providers.celery.executors.celery_executor.app inspect ping \
+        -d "$(IFS=,; echo "${names[*]}")" --timeout 10 2>/dev/null) || return 1
+  for i in "${names[@]}"; do grep -q "$i: OK" <<<"$out" || return 1; done
 }
 
 # ------------------------------------------------------------------------------------ up
@@ -197,7 +212,7 @@ cmd_up() {
   command -v redis-server >/dev/null || die "redis-server not found (apt-get install redis-server)"
   if [ -f "$ENV_FILE" ]; then
     load_env
-    if [ -n "$(marked_pids)" ]; then die "a stack is already running in $STACK_DIR (scripts/stack.sh down first)"; fi
+    if [ -n "$(stack_pids)" ]; then die "a stack is already running in $STACK_DIR (scripts/stack.sh down first)"; fi
   fi
   "$REPO/scripts/gpu_worker_venv.sh"
   rm -rf "$PIDS" "$LOGS" "$STACK_DIR/airflow"
@@ -252,7 +267,7 @@ cmd_up() {
   wait_for "scheduler" job_ok SchedulerJob
   wait_for "dag-processor" job_ok DagProcessorJob
   wait_for "triggerer" job_ok TriggererJob
-  for i in $(seq 1 "$GPU_WORKERS"); do wait_for "gpu-worker-$i (queue gpu)" worker_ok "$i"; done
+  wait_for "$GPU_WORKERS GPU workers (queue gpu)" workers_ok
   log "up: UI http://127.0.0.1:$API_PORT (login $AIRFLOW_ADMIN_USERNAME / password in $ENV_FILE)"
   log "     run airflow against it: set -a; source $ENV_FILE; set +a; $MAIN_VENV/bin/airflow ..."
 }
@@ -274,7 +289,7 @@ cmd_status() {
   check scheduler job_ok SchedulerJob
   check dag-processor job_ok DagProcessorJob
   check triggerer job_ok TriggererJob
-  for i in $(seq 1 "$GPU_WORKERS"); do check "gpu-worker-$i" worker_ok "$i"; done
+  check "gpu-workers" workers_ok
   echo "UI http://127.0.0.1:$API_PORT  state $STACK_DIR"
   return $rc
 }
@@ -292,14 +307,14 @@ cmd_down() {
   done
   if [ -d "$PG_DIR/data" ]; then as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w -t 60 stop >/dev/null 2>&1 || true; fi
   local deadline=$((SECONDS + 60)) left
-  while left=$(marked_pids) && [ -n "$left" ] && ((SECONDS < deadline)); do sleep 1; done
+  while left=$(stack_pids) && [ -n "$left" ] && ((SECONDS < deadline)); do sleep 1; done
   if [ -n "$left" ]; then
     log "still running after 60 s, killing: $(echo "$left" | tr '\n' ' ')"
     # shellcheck disable=SC2086
     kill -KILL $left 2>/dev/null || true
     sleep 1
   fi
-  left=$(marked_pids)
+  left=$(stack_pids)
   rm -rf "$PIDS"
   [ -n "${PG_DIR:-}" ] && [[ "$PG_DIR" == /tmp/recsys-stack-pg.* ]] && rm -rf "$PG_DIR"
   if [ -n "$left" ]; then

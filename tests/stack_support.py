@@ -35,17 +35,23 @@ def stack_env(stack_dir: Path) -> dict[str, str]:
     return dict(item.split("=", 1) for item in out.decode().split("\0") if "=" in item)
 
 
-def stack_processes(stack_id: str) -> list[str]:
-    """``pid cmdline`` of every live process carrying the stack's marker (what `down` must leave empty)."""
+def stack_processes(stack_dir: Path, stack_env: dict[str, str], sessions: set[int]) -> list[str]:
+    """``pid sid args`` of every live process of the stack (what `down` must leave empty): in one of the
+    services' sessions, naming the stack's directories, or carrying its marker in the environment."""
     found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+    own_sid = os.getsid(0)
+    out = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        pid, sid, args = (line.split(None, 2) + [""])[:3]
+        if int(sid) == own_sid:
             continue
+        if int(sid) in sessions or f"{stack_dir}/" in args or stack_env["PG_DIR"] in args:
+            found.append(line.strip())
+    marker = f"RECSYS_STACK_ID={stack_env['RECSYS_STACK_ID']}".encode()
+    for proc in Path("/proc").iterdir():
         try:
-            environ = (proc / "environ").read_bytes().split(b"\0")
-            if f"RECSYS_STACK_ID={stack_id}".encode() in environ:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                found.append(f"{proc.name} {cmdline[:200]}")
+            if proc.name.isdigit() and marker in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(f"{proc.name} (marker) {(proc / 'cmdline').read_bytes()[:200]!r}")
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
     return found

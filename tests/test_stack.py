@@ -48,8 +48,10 @@ def stack(tmp_path_factory):
         # Only the runs this test makes: no scheduled run for "yesterday" competing for the workers.
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
     })
+    sessions: set[int] = set()
     try:
         stack_command("up", env, timeout_s=900)
+        sessions.update(int(p.read_text()) for p in (stack_dir / "pids").glob("*.pid"))
         senv = stack_env(stack_dir)
         api = AirflowApi(senv["AIRFLOW__API__BASE_URL"], senv["AIRFLOW_ADMIN_USERNAME"], senv["AIRFLOW_ADMIN_PASSWORD"])
         yield {"env": env, "stack_env": senv, "api": api, "dir": stack_dir}
@@ -60,10 +62,9 @@ def stack(tmp_path_factory):
         finally:
             if logs.is_dir():
                 subprocess.run(["cp", "-r", str(logs), str(artifacts_dir() / "stack_logs")], check=False)
-    senv = stack_env(stack_dir)
-    assert stack_processes(senv["RECSYS_STACK_ID"]) == []
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
-    assert str(stack_dir) not in ps and senv["PG_DIR"] not in ps
+    # `down` left no process: none in the services' sessions, naming the stack's directories or marked.
+    assert sessions
+    assert stack_processes(stack_dir, stack_env(stack_dir), sessions) == []
 
 
 def airflow_cli(stack: dict, *args: str) -> str:
