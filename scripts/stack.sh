@@ -111,6 +111,7 @@ AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=true
 AIRFLOW__CORE__LOAD_EXAMPLES=false
 AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK=true
 AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT=120
+AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT=60
 RECSYS__ARTIFACT_ROOT=${STACK_DIR}/artifacts
 RECSYS__SCORING__NUM_SHARDS=${RECSYS_NUM_SHARDS}
 RECSYS__TRANSFORM__DASK_CLUSTER=${RECSYS_DASK_CLUSTER}
@@ -246,10 +247,13 @@ cmd_up() {
   # airflow-init: migrate, login, pool `gpu` (one slot per GPU worker), connection redis_recs.
   printf '{"%s": "%s"}\n' "$AIRFLOW_ADMIN_USERNAME" "$AIRFLOW_ADMIN_PASSWORD" >"$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
   "$MAIN_VENV/bin/airflow" db migrate >"$LOGS/init.log" 2>&1 || { tail -40 "$LOGS/init.log" >&2; die "airflow db migrate failed"; }
-  "$MAIN_VENV/bin/airflow" pools set gpu "$GPU_COUNT" "GPU slots: one per GPU worker" >>"$LOGS/init.log" 2>&1
-  "$MAIN_VENV/bin/airflow" connections add redis_recs --conn-type redis --conn-host 127.0.0.1 \
-    --conn-port "$REDIS_RECS_PORT" --conn-password "$REDIS_RECS_PASSWORD" --conn-extra '{"db": 0}' >>"$LOGS/init.log" 2>&1
-  log "airflow-init done: pool gpu=$GPU_COUNT, connection redis_recs -> 127.0.0.1:$REDIS_RECS_PORT"
+  # Pool and connection are written while the services start (each CLI call costs seconds of imports).
+  (
+    "$MAIN_VENV/bin/airflow" pools set gpu "$GPU_COUNT" "GPU slots: one per GPU worker"
+    "$MAIN_VENV/bin/airflow" connections add redis_recs --conn-type redis --conn-host 127.0.0.1 \
+      --conn-port "$REDIS_RECS_PORT" --conn-password "$REDIS_RECS_PASSWORD" --conn-extra '{"db": 0}'
+  ) >>"$LOGS/init.log" 2>&1 &
+  local init_pid=$!
 
   start api-server "$MAIN_VENV/bin/airflow" api-server
   start scheduler "$MAIN_VENV/bin/airflow" scheduler
@@ -263,6 +267,8 @@ cmd_up() {
       RECSYS_WORKER_HOSTNAME="gpu-worker-$i" AIRFLOW__CORE__HOSTNAME_CALLABLE=recsys_airflow.worker_hostname \
       "$GPU_VENV/bin/airflow" celery worker -q gpu --concurrency 1 --celery-hostname "gpu-worker-$i@%h"
   done
+  wait "$init_pid" || { tail -40 "$LOGS/init.log" >&2; die "airflow-init (pool, connection) failed"; }
+  log "airflow-init done: pool gpu=$GPU_COUNT, connection redis_recs -> 127.0.0.1:$REDIS_RECS_PORT"
   wait_for "api-server on http://127.0.0.1:$API_PORT" api_ok
   wait_for "scheduler" job_ok SchedulerJob
   wait_for "dag-processor" job_ok DagProcessorJob
@@ -306,10 +312,10 @@ cmd_down() {
     kill -TERM -- "-$pid" 2>/dev/null || true
   done
   if [ -d "$PG_DIR/data" ]; then as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w -t 60 stop >/dev/null 2>&1 || true; fi
-  local deadline=$((SECONDS + 60)) left
+  local deadline=$((SECONDS + 45)) left
   while left=$(stack_pids) && [ -n "$left" ] && ((SECONDS < deadline)); do sleep 1; done
   if [ -n "$left" ]; then
-    log "still running after 60 s, killing: $(echo "$left" | tr '\n' ' ')"
+    log "still running after 45 s, killing: $(echo "$left" | tr '\n' ' ')"
     # shellcheck disable=SC2086
     kill -KILL $left 2>/dev/null || true
     sleep 1

@@ -97,8 +97,8 @@ def check_ui(base_url: str, username: str, password: str, *, dag_id: str, run_id
         page.wait_until("the grid view with every task", "03-grid", page.shows_all(sorted(tasks)))
 
         page.wait_until("the graph view toggle", "04-graph-toggle",
-                        lambda: driver.find_elements("xpath", "//*[@aria-label='Show Graph' or @title='Show Graph']"))
-        driver.find_element("xpath", "//*[@aria-label='Show Graph' or @title='Show Graph']").click()
+                        lambda: driver.find_elements("xpath", "//button[contains(@aria-label, 'Show Graph')]"))
+        driver.find_element("xpath", "//button[contains(@aria-label, 'Show Graph')]").click()
         page.wait_until("the graph view with every task", "05-graph",
                         lambda: driver.find_elements("css selector", ".react-flow__node")
                         and all(t in page.text() for t in tasks))
@@ -109,9 +109,9 @@ def check_ui(base_url: str, username: str, password: str, *, dag_id: str, run_id
                         page.shows_all(labels))
 
         page.open(f"/dags/{dag_id}")
-        page.wait_until("the Dag Docs button", "07-dag", lambda: driver.find_elements(
-            "xpath", "//button[normalize-space(.)='Dag Docs']"))
-        driver.find_element("xpath", "//button[normalize-space(.)='Dag Docs']").click()
+        docs_button = "//button[@aria-label='Dag Docs' or normalize-space(.)='Dag Docs']"
+        page.wait_until("the Dag Docs button", "07-dag", lambda: driver.find_elements("xpath", docs_button))
+        driver.find_element("xpath", docs_button).click()
         # Rendered markdown: the flow as a list, the task table as a table, no raw markdown left.
         page.wait_until("the DAG docs rendered as a list and a table", "08-dag-docs", lambda: (
             driver.find_elements("xpath", "//li[contains(., 'generate_data') and contains(., 'transform')]")

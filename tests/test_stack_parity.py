@@ -67,7 +67,9 @@ def test_same_airflow_variables_from_the_same_env_names(compose):
     for key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__RESULT_BACKEND", "AIRFLOW__CELERY__BROKER_URL",
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL"):
         assert common[key].split("://")[0] == stack[key].split("://")[0], key
-    for key in ("AIRFLOW__CORE__EXECUTOR", "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "AIRFLOW__CORE__LOAD_EXAMPLES"):
+    same_values = ("AIRFLOW__CORE__EXECUTOR", "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION",
+                   "AIRFLOW__CORE__LOAD_EXAMPLES", "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT")
+    for key in same_values:
         assert str(common[key]).lower() == stack[key].lower(), key
     # Every .env name a container needs is one the native stack sets as well.
     assert (names - HOST_ONLY) <= set(stack), (names - HOST_ONLY) - set(stack)
