@@ -167,7 +167,8 @@ stack_pids() {
     ps -eo pid=,sid=,args= | awk -v sids="$sids" -v dir="$STACK_DIR/" -v pg="${PG_DIR:-/nonexistent}" \
       -v own="$own_sid" 'BEGIN { n = split(sids, a, " "); for (i = 1; i <= n; i++) s[a[i]] = 1 }
         $2 != own && (($2 in s) || index($0, dir) || index($0, pg)) { print $1 }'
-    grep -lzx "RECSYS_STACK_ID=$RECSYS_STACK_ID" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3
+    # grep exits 2 when a process vanishes while it reads /proc: not an error here.
+    grep -lzx "RECSYS_STACK_ID=$RECSYS_STACK_ID" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3 || true
   } | sort -un
 }
 
@@ -313,7 +314,8 @@ cmd_down() {
   done
   if [ -d "$PG_DIR/data" ]; then as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w -t 60 stop >/dev/null 2>&1 || true; fi
   local deadline=$((SECONDS + 45)) left
-  while left=$(stack_pids) && [ -n "$left" ] && ((SECONDS < deadline)); do sleep 1; done
+  left=$(stack_pids)
+  while [ -n "$left" ] && ((SECONDS < deadline)); do sleep 1; left=$(stack_pids); done
   if [ -n "$left" ]; then
     log "still running after 45 s, killing: $(echo "$left" | tr '\n' ' ')"
     # shellcheck disable=SC2086
