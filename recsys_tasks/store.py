@@ -317,6 +317,8 @@ def _load_retry(settings: StoreConfig) -> Any:
     from redis.exceptions import AuthenticationError
     from redis.retry import Retry
 
+    from .redis_compat import call_with_filtered_retry
+
     class LoadRetry(Retry):
         """Retries connection errors and timeouts, never a refused password.
 
@@ -333,7 +335,7 @@ def _load_retry(settings: StoreConfig) -> Any:
 
             _retry_scope.active = True
             try:
-                return super().call_with_retry(do, fail, retryable, with_failure_count)
+                return call_with_filtered_retry(super().call_with_retry, do, fail, retryable, with_failure_count)
             finally:
                 _retry_scope.active = False
 

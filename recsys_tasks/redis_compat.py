@@ -1,0 +1,34 @@
+"""redis-py differences the pinned set has to bridge.
+
+The Celery stack needs redis-py 6.4 (``kombu[redis]`` wants < 6.5); redis-py 7+ added the
+``is_retryable`` filter to ``Retry.call_with_retry``. The load's retry policy works on both.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+
+def call_with_filtered_retry(
+    call_with_retry: Callable[..., Any],
+    do: Callable[[], Any],
+    fail: Callable[..., Any],
+    retryable: Callable[[Exception], bool],
+    with_failure_count: bool = False,
+) -> Any:
+    """``call_with_retry(do, fail)`` that retries only errors ``retryable`` accepts.
+
+    redis-py >= 7 takes the filter itself; on 6.x the filter runs in ``fail``, which re-raises a
+    non-retryable error (a refused password) at once instead of backing off and trying again.
+    """
+    if "is_retryable" in inspect.signature(call_with_retry).parameters:
+        return call_with_retry(do, fail, retryable, with_failure_count)
+
+    def fail_or_raise(error: Exception) -> None:
+        if not retryable(error):
+            raise error
+        fail(error)
+
+    return call_with_retry(do, fail_or_raise)
