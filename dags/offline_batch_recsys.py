@@ -5,11 +5,12 @@ Every day, train a retrieval and a ranking model on Ali-CCP-shaped data and publ
 recommendations for **every user** to Redis (RedisJSON), where applications read them with one
 `JSON.GET USER:<raw user id>` in well under a millisecond.
 
-```
-generate_data -> transform -> fit_retrieval --> plan_scoring -> score[0..N-1] -> collect_scores
-                          \-> fit_ranking   -/                                              |
-                                                        load_redis <- evaluate <-----------/
-```
+**Flow** (the Graph view draws it):
+
+1. `generate_data` → `transform`
+2. `transform` → `fit_retrieval` (Two-Tower) and `fit_ranking` (DLRM), side by side
+3. both → `plan_scoring` → `score` × N (mapped: one task per shard, labelled *shard 0* … *shard N-1*)
+4. every shard → `collect_scores` → `evaluate` → `load_redis` (quality gate, then Redis)
 
 | task | what it does | writes (under the run's directory) |
 |---|---|---|
@@ -26,7 +27,9 @@ generate_data -> transform -> fit_retrieval --> plan_scoring -> score[0..N-1] ->
 Each run writes to `<artifact_root>/offline_batch_recsys/<run_id>/`, so scheduled runs, manual
 runs and backfills never overwrite each other; unless the `data.seed` param is set, the data seed is
 tied to the logical date, so each date of a backfill has its own data. Every task runs on the `gpu`
-queue and pool and retries on its own (each scoring shard too, so N GPU workers score in parallel).
+queue and pool and retries on its own (each scoring shard too, so N GPU workers score in parallel);
+a task running longer than `RECSYS_TASK_TIMEOUT_MINUTES` (environment of the dag-processor, default 240)
+fails and frees its GPU slot.
 `load_redis` publishes nothing when the run fails the quality gate (thresholds in the `quality` config
 section; `quality.force_publish` overrides, loudly). Redis comes from the `redis_recs` connection.
 Params left empty use the configuration
@@ -35,6 +38,7 @@ Params left empty use the configuration
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pendulum
@@ -48,6 +52,8 @@ DEFAULT_ARGS = {
     "retries": 2,
     "retry_delay": timedelta(minutes=5),
     "retry_exponential_backoff": True,
+    # A stuck task (a hung Dask cluster, a lost GPU) must not hold the GPU slot forever.
+    "execution_timeout": timedelta(minutes=int(os.environ.get("RECSYS_TASK_TIMEOUT_MINUTES", "240"))),
 }
 
 

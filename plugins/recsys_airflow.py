@@ -99,3 +99,21 @@ def collect_scoring_shards(context: Any) -> dict[str, Any]:
 
     config = task_config(context)
     return collect_shards(config, task_run_dir(context, config))
+
+
+WORKER_HOSTNAME_ENV = "RECSYS_WORKER_HOSTNAME"
+
+
+def worker_hostname() -> str:
+    """The host name a worker reports for its task instances (``[core] hostname_callable``).
+
+    ``$RECSYS_WORKER_HOSTNAME`` when set, else Airflow's default (the FQDN). scripts/stack.sh runs both
+    GPU workers on one machine and sets it to each worker's Celery name, so the UI and the metadata DB tell
+    them apart; in docker-compose every worker is its own container with its own host name already.
+    """
+    name = os.environ.get(WORKER_HOSTNAME_ENV)
+    if name:
+        return name
+    from airflow.utils.net import getfqdn
+
+    return getfqdn()

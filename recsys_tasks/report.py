@@ -1,17 +1,23 @@
 """The run's report for people: PNG plots and ``evaluation/report.md`` next to ``report.json``.
 
 Also the one-screen summary that ``load_redis`` logs at its end. Plots use matplotlib's Agg backend,
-so no display is needed.
+so no display is needed. matplotlib is optional: the GPU worker's image (NVIDIA Merlin 23.08) has none,
+and installing it there could move the image's numpy; without it the plots are skipped with a warning
+and ``report.md`` keeps every table.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .paths import RunPaths
+
+log = logging.getLogger("recsys_tasks.evaluate")
 
 PLOTS = {
     "recall": "recall_at_k.png",
@@ -106,7 +112,12 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def markdown(report: dict[str, Any]) -> str:
+def matplotlib_available() -> bool:
+    """True when matplotlib can be imported (the dev venv); False on the Merlin image."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def markdown(report: dict[str, Any], *, plots: bool = True) -> str:
     retrieval, ranking, lists = report["retrieval"], report["ranking"], report["lists"]
     cutoffs = [str(k) for k in retrieval["cutoffs"]]
     methods = [m for m in ("model", "popularity", "oracle") if retrieval.get(m)]
@@ -157,6 +168,9 @@ def markdown(report: dict[str, Any]) -> str:
         *[f"| {name} | {s['device']} | {s['seconds']} |" for name, s in report["stages"].items()],
         "",
     ]
+    if not plots:
+        lines = [line for line in lines if not line.startswith("![")]
+        lines.insert(3, "Plots were not drawn: matplotlib is not installed where this run was evaluated.\n")
     return "\n".join(lines)
 
 
@@ -169,9 +183,14 @@ def write_report(
     published_scores: np.ndarray,
     exposure: np.ndarray,
 ) -> Path:
-    """The four PNG plots and ``report.md`` in ``evaluation/``."""
+    """The four PNG plots and ``report.md`` in ``evaluation/``; without matplotlib, ``report.md`` only."""
     out = paths.evaluation
     out.mkdir(parents=True, exist_ok=True)
+    if not matplotlib_available():
+        log.warning("plots skipped: matplotlib is not installed (the GPU worker's Merlin image has none); "
+                    "report.json and %s have every number", paths.report_md.name)
+        paths.report_md.write_text(markdown(report, plots=False))
+        return paths.report_md
     plot_recall(report, out / PLOTS["recall"])
     plot_losses(losses, out / PLOTS["loss"])
     plot_scores(*validation_scores, published_scores, out / PLOTS["scores"])

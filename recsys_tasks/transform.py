@@ -9,12 +9,14 @@ default, or on a local Dask cluster (CPU or one worker per GPU) when ``transform
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .common import InputDataError, get_logger, stage
-from .config import Config, TransformConfig
+from .config import Config, ConfigError, TransformConfig
 from .data import RAW_COLUMNS
 from .paths import RunPaths, require
 
@@ -84,15 +86,32 @@ def dask_cluster(settings: TransformConfig) -> Iterator[dict[str, Any]]:
     of CPU worker processes, ``local_cuda`` a ``dask_cuda.LocalCUDACluster`` with one worker per visible
     GPU (``CUDA_VISIBLE_DEVICES`` picks them); both are created through Merlin's ``Distributed``, which
     makes them the client NVTabular uses, and both are shut down on exit, also after an error.
+
+    Inside a daemonic process (a task of a Celery prefork worker, as on the GPU-queue workers) no worker
+    process can be started: ``local`` then runs its workers as threads of the task's process, and
+    ``local_cuda`` (which needs one process per GPU) is refused with a :class:`ConfigError` instead of
+    hanging the task.
     """
     if settings.dask_cluster == "none":
         yield {"dask_cluster": "none", "dask_workers": 0}
         return
+    daemonic = in_daemonic_process()
+    if daemonic and settings.dask_cluster == "local_cuda":
+        raise ConfigError(
+            "transform.dask_cluster=local_cuda starts one worker process per GPU, but this task runs in a "
+            "daemonic process (a Celery prefork worker), which may not have children. Set "
+            "RECSYS__TRANSFORM__DASK_CLUSTER=none (RECSYS_DASK_CLUSTER in .env) for the Celery workers; "
+            "use local_cuda with `python -m recsys_tasks run transform` or `airflow dags test`."
+        )
     from merlin.core.utils import Distributed
 
     options: dict[str, Any] = {"n_workers": settings.dask_workers} if settings.dask_workers else {}
     if settings.dask_cluster == "local":
         options.setdefault("threads_per_worker", 1)
+        if daemonic:
+            log.warning("transform.dask_cluster=local inside a daemonic process (Celery worker): the Dask "
+                        "workers run as threads of this process, not as worker processes")
+            options["processes"] = False
     cluster_type = "cuda" if settings.dask_cluster == "local_cuda" else "cpu"
     dist = Distributed(cluster_type=cluster_type, force_new=True, **options)
     cluster = dist.cluster
@@ -105,6 +124,14 @@ def dask_cluster(settings: TransformConfig) -> Iterator[dict[str, Any]]:
             yield {"dask_cluster": settings.dask_cluster, "dask_workers": workers}
     finally:
         cluster.close()
+
+
+def in_daemonic_process() -> bool:
+    """True in a process that may not start child processes (Celery's prefork pool children)."""
+    if multiprocessing.current_process().daemon:
+        return True
+    billiard = sys.modules.get("billiard")  # Celery's fork of multiprocessing keeps its own flag
+    return bool(billiard is not None and billiard.current_process().daemon)
 
 
 @stage("transform")

@@ -61,7 +61,8 @@ def test_all_airflow_services_share_one_version_and_environment(compose, service
         # YAML merge keys: each service starts from the one common environment.
         assert {k: env[k] for k in common["environment"]} == common["environment"], name
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
-        assert service["volumes"] == common["volumes"], name
+        # airflow-init also mounts the secrets check it runs first.
+        assert service["volumes"][: len(common["volumes"])] == common["volumes"], name
         if name == "gpu-worker":
             assert service["build"]["args"]["AIRFLOW_VERSION"] == airflow_version
             assert service["build"]["dockerfile"] == "Dockerfile.gpu-worker"
@@ -144,10 +145,16 @@ def test_dockerfile_builds_on_merlin_tensorflow_with_the_stacks_airflow():
     assert args["AIRFLOW_VERSION"] == pinned("constraints.txt", "apache-airflow")
     for package in ("apache-airflow", "apache-airflow-core", "apache-airflow-task-sdk"):
         assert pinned("constraints-gpu-worker.txt", package) == pinned("constraints.txt", package), package
-    runs = " ".join(v for k, v in instructions if k == "RUN")
-    assert '"apache-airflow[celery]==${AIRFLOW_VERSION}"' in runs
-    assert "-c constraints-gpu-worker.txt" in runs and "-c /opt/recsys/image-pins.txt" in runs
-    assert "pip install --no-deps ." in runs  # TensorFlow/Merlin are never reinstalled from PyPI
+    runs = [v for k, v in instructions if k == "RUN"]
+    # The install step is one script, run for the dependencies and then for this package.
+    assert "bash install_gpu_worker.sh deps python3 /opt/recsys" in runs
+    assert "bash install_gpu_worker.sh package python3 /opt/recsys" in runs
+    script = (REPO / "scripts" / "install_gpu_worker.sh").read_text()
+    assert '"apache-airflow[celery]==${AIRFLOW_VERSION}"' in script
+    assert '-c "$pins" -c "$SRC/constraints-gpu-worker.txt"' in script
+    assert '--no-deps "$SRC"' in script  # TensorFlow/Merlin are never reinstalled from PyPI
+    for driver in ("psycopg2-binary", "asyncpg"):
+        assert driver in script and pinned("constraints-gpu-worker.txt", driver), driver
     cmd = [v for k, v in instructions if k == "CMD"]
     assert cmd == ['["airflow", "celery", "worker", "-q", "gpu", "--concurrency", "1"]']
     assert [v for k, v in instructions if k == "ENTRYPOINT"] == ['["/opt/nvidia/nvidia_entrypoint.sh"]']
@@ -163,3 +170,59 @@ def test_dockerfile_copies_only_what_exists():
                 assert (REPO / source).exists(), source
     ignored = (REPO / ".dockerignore").read_text().splitlines()
     assert ".venv" in ignored and "artifacts" in ignored and ".env" in ignored
+
+
+def test_the_local_gpu_worker_venv_runs_the_dockerfiles_install_step():
+    """scripts/gpu_worker_venv.sh = the image's Python layer (mirror) + the same two install_gpu_worker.sh steps."""
+    venv = (REPO / "scripts" / "gpu_worker_venv.sh").read_text()
+    assert "-c constraints-merlin-23.08.txt" in venv
+    assert 'scripts/install_gpu_worker.sh deps "$VENV/bin/python"' in venv
+    assert 'scripts/install_gpu_worker.sh package "$VENV/bin/python" "$PWD"' in venv
+    assert "3.10" in venv
+    mirror = REPO / "constraints-merlin-23.08.txt"
+    assert "NVIDIA-Merlin/Merlin" in mirror.read_text() and "v23.08.00" in mirror.read_text()
+    image = {"tensorflow": "2.12.0", "numpy": "1.22.4", "pandas": "1.5.2", "dask": "2023.1.1",
+             "distributed": "2023.1.1", "protobuf": "3.20.3", "fsspec": "2022.5.0", "wrapt": "1.14.0",
+             "merlin-core": "23.8.0", "merlin-models": "23.8.0", "merlin-dataloader": "23.8.0", "nvtabular": "23.8.0"}
+    for package, version in image.items():
+        assert pinned(mirror.name, package) == version, package
+    assert "matplotlib" not in mirror.read_text().lower().split("no matplotlib")[-1]
+
+
+def test_gpu_worker_pins_fix_the_known_start_failures():
+    # celery 5.7 dropped celery.backends.database.retry, which the celery provider imports.
+    assert pinned("constraints-gpu-worker.txt", "celery") == "5.6.3"
+    # kombu[redis] needs redis-py < 6.5.
+    assert pinned("constraints-gpu-worker.txt", "redis") == pinned("constraints.txt", "redis") == "6.4.0"
+    # OpenTelemetry releases that accept the image's protobuf 3.20.3 (1.28+ want protobuf >= 5 eventually).
+    assert pinned("constraints-merlin-23.08.txt", "protobuf") == "3.20.3"
+    major, minor, _ = pinned("constraints-gpu-worker.txt", "opentelemetry-proto").split(".")
+    assert (int(major), int(minor)) <= (1, 27)
+
+
+def test_airflow_init_validates_the_secrets_first(services):
+    script = services["airflow-init"]["command"][-1]
+    assert script.index("python /opt/recsys/check_airflow_secrets.py") < script.index("/entrypoint airflow version")
+    example = (REPO / ".env.example").read_text()
+    assert "token_urlsafe(64)" in example  # HS512 wants a 64-byte key
+
+
+def test_the_secrets_check_names_each_bad_value():
+    import importlib.util
+
+    path = REPO / "scripts" / "check_airflow_secrets.py"
+    spec = importlib.util.spec_from_file_location("check_airflow_secrets", path)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    from cryptography.fernet import Fernet
+
+    good = {"AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(), "AIRFLOW__API_AUTH__JWT_SECRET": "j" * 86,
+            "AIRFLOW__API__SECRET_KEY": "k" * 43}
+    assert check.problems(good) == []
+    copied = {k: "change-me" for k in good}
+    assert [p.split()[0] for p in check.problems(copied)] == ["AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET",
+                                                              "AIRFLOW_API_SECRET_KEY"]
+    bad_fernet = check.problems({**good, "AIRFLOW__CORE__FERNET_KEY": "not-a-key"})
+    assert len(bad_fernet) == 1 and "is not a Fernet key" in bad_fernet[0]
+    short_jwt = check.problems({**good, "AIRFLOW__API_AUTH__JWT_SECRET": "x" * 43})
+    assert len(short_jwt) == 1 and "43 bytes" in short_jwt[0] and ">= 64" in short_jwt[0]
