@@ -21,7 +21,8 @@ def call_with_filtered_retry(
     """``call_with_retry(do, fail)`` that retries only errors ``retryable`` accepts.
 
     redis-py >= 7 takes the filter itself; on 6.x the filter runs in ``fail``, which re-raises a
-    non-retryable error (a refused password) at once instead of backing off and trying again.
+    non-retryable error (a refused password) at once instead of backing off and trying again, and lets
+    a retryable one go round again with backoff.
     """
     if "is_retryable" in inspect.signature(call_with_retry).parameters:
         return call_with_retry(do, fail, retryable, with_failure_count)
@@ -29,6 +30,22 @@ def call_with_filtered_retry(
     def fail_or_raise(error: Exception) -> None:
         if not retryable(error):
             raise error
-        fail(error)
+        try:
+            fail(error)
+        except Exception as raised:
+            # redis-py 6.x's command path disconnects and re-raises the same error unless the client was
+            # built with retry_on_error; the load's policy retries it (as 7+ does), anything else propagates.
+            if raised is not error:
+                raise
 
-    return call_with_retry(do, fail_or_raise)
+    def do_or_connection_error(do: Callable[[], Any] = do) -> Any:
+        # redis-py 6.x hands the raw socket error of a refused connect to the retry, which only knows
+        # redis' own ConnectionError: present it as one so the connect is retried too (as 7+ does).
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        try:
+            return do()
+        except OSError as error:
+            raise RedisConnectionError(f"{type(error).__name__}: {error}") from error
+
+    return call_with_retry(do_or_connection_error, fail_or_raise)
