@@ -38,8 +38,16 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Param, dag, get_current_context, task
-from recsys_airflow import collect_scoring_shards, plan_scoring_shards, run_stage, score_shard
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task, teardown
+from recsys_airflow import (
+    collect_scoring_shards,
+    load_and_announce,
+    plan_scoring_shards,
+    prune_run_dirs,
+    recommendations_asset,
+    run_stage,
+    score_shard,
+)
 
 DEFAULT_ARGS = {
     "owner": "recsys",
@@ -74,7 +82,8 @@ PARAMS = {
 
 @dag(
     dag_id="offline_batch_recsys",
-    schedule="@daily",
+    # Data intervals: the run that starts at 00:00 UTC on day D+1 has logical date D and reads D's data.
+    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -118,13 +127,17 @@ def offline_batch_recsys() -> None:
     def evaluate(_scores: dict) -> dict:
         return run_stage("evaluate", get_current_context())
 
-    @task
+    @task(outlets=[recommendations_asset()])
     def load_redis(_report: dict) -> dict:
-        return run_stage("load_redis", get_current_context())
+        return load_and_announce(get_current_context())
+
+    @teardown
+    def prune_runs() -> dict:
+        return prune_run_dirs(get_current_context())
 
     features = transform(generate_data())
     shards = plan_scoring(fit_retrieval(features), fit_ranking(features))
-    load_redis(evaluate(collect_scores(score.expand(shard_index=shards))))
+    load_redis(evaluate(collect_scores(score.expand(shard_index=shards)))) >> prune_runs()
 
 
 offline_batch_recsys()

@@ -22,8 +22,7 @@ log="$AIRFLOW_HOME/last-run.log"
 echo "==> airflow dags test offline_batch_recsys $logical_date   (full log: $log)"
 started=$(date +%s)
 status=0
-airflow dags test offline_batch_recsys "$logical_date" >"$log" 2>&1 || status=$?
-grep -oE "stage [a-z_]+ (starting on [a-z]+|done in [0-9.]+s)" "$log" | sed 's/^/  /' || true
+scripts/dag_test_live.sh "$log" offline_batch_recsys "$logical_date" || status=$?
 if [ "$status" -ne 0 ]; then
   tail -n 60 "$log"; echo "airflow dags test failed (exit $status)" >&2; exit "$status"
 fi
