@@ -159,19 +159,8 @@ def prune_run_dirs(context: Any) -> dict[str, Any]:
         protected.append(run_dir_for(config.artifact_root, dag_id, manifest["run_id"]))
 
     def is_running(run_id: str) -> bool:
-        return dag_run_state(dag_id, run_id) in ("queued", "running")
+        # Asked of Airflow's API server through the task SDK (tasks have no metadata-database access).
+        return context["ti"].get_dr_count(dag_id=dag_id, run_ids=[run_id], states=["queued", "running"]) > 0
 
     return prune_runs(Path(config.artifact_root) / dag_id, keep_runs=config.retention.keep_runs,
                       protected=protected, is_running=is_running)
-
-
-def dag_run_state(dag_id: str, run_id: str) -> str | None:
-    """The state Airflow's API server reports for a DAG run (None when it has no such run)."""
-    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
-
-    try:
-        return str(RuntimeTaskInstance.get_dagrun_state(dag_id=dag_id, run_id=run_id))
-    except Exception as exc:  # noqa: BLE001 - a run Airflow no longer knows (deleted) is not running
-        if "not found" in str(exc).lower():
-            return None
-        raise

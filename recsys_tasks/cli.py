@@ -141,10 +141,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 def make_partitions(config: Config, root: Path, start: str, days: int, rows_per_day: int | None) -> int:
     """Planted impressions of one user/item population written as ``days`` daily partitions under ``root``."""
+    import datetime
+
     from .data import generate_planted
     from .partitions import write_partitions
-
-    import datetime
 
     if days < 1:
         raise ConfigError(f"--days must be >= 1, got {days}")

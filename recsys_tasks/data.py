@@ -373,7 +373,8 @@ def _read_partitions(settings: DataConfig, paths: RunPaths) -> dict[str, Any]:
     plan = plan_window(settings)
     rows_by_day = {day: sum(check_parquet_file(f) for f in files) for day, files in plan.files.items()}
     splits = {}
-    for name, days, target in (("train", plan.train_days, paths.raw_train), ("valid", plan.valid_days, paths.raw_valid)):
+    for name, days, target in (("train", plan.train_days, paths.raw_train),
+                               ("valid", plan.valid_days, paths.raw_valid)):
         target.mkdir(parents=True, exist_ok=True)
         files = [(day, index, file) for day in days for index, file in enumerate(plan.files[day])]
         for day, index, file in files:
