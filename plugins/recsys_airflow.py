@@ -124,13 +124,20 @@ def recommendations_asset() -> Any:
 def load_and_announce(context: Any) -> dict[str, Any]:
     """``load_redis``, then an asset event carrying the run id, logical date and user count.
 
-    A load that does not publish emits no event: a refused one (quality gate) fails the task, and a skipped
+    A load that does not publish emits no event: a refused one (quality gate) fails the task at once, without
+    retries, and a skipped
     one (Redis already holds a newer logical date) ends the task as *skipped*, which Airflow does not
     count as an update of its outlets. Its summary is in ``summaries/load_redis.json`` and the log.
     """
-    from airflow.exceptions import AirflowSkipException
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-    summary = run_stage("load_redis", context)
+    from recsys_tasks.quality import QualityGateError
+
+    try:
+        summary = run_stage("load_redis", context)
+    except QualityGateError as exc:
+        # The same artifacts fail the same checks again: no retries (they would hold the gpu slot for 15 min).
+        raise AirflowFailException(str(exc)) from exc
     if not summary.get("published"):
         raise AirflowSkipException(f"load_redis did not publish: {summary.get('reason', '')}")
     manifest = summary.get("manifest") or {}

@@ -150,7 +150,7 @@ def test_publish_emits_one_asset_event_skip_and_refusal_none(daily_env, redis_cl
     # 3. A newer date that fails the quality gate is refused: the task and the run fail, no event.
     copy_run(artifacts, "2026-11-14", "2026-11-15")
     refused = dag_test(env, "2026-11-15", {"quality.min_ranking_auc": 1.0}, REUSE_MODELS, check=False)
-    assert refused.returncode != 0 and task_state(env, "2026-11-15", "load_redis") == "failed"
+    assert refused.returncode != 0 and task_state(env, "2026-11-15", "load_redis") == "failed", refused.stdout[-6000:]
     assert "ranking_auc" in refused.stdout + refused.stderr
     assert len(asset_events(env)) == 1
     assert metadata(env, "SELECT target_dag_id FROM asset_dag_run_queue") == [(CONSUMER,)]
