@@ -22,6 +22,10 @@ generate_data -> transform -> fit_retrieval --> plan_scoring -> score[0..N-1] ->
 | `collect_scores` | after every shard: exactly the planned parts are in, every user once | `summaries/score.json` |
 | `evaluate` | recall/ndcg vs popularity and oracle, ranking AUC, list quality, plots | `report.json`, `evaluation/` |
 | `load_redis` | quality gate, then pipelined `JSON.SET` + TTL per user, fallback list, manifest key | Redis |
+| `prune_runs` | teardown: keeps the newest `retention.keep_runs` run directories | deletes older ones |
+
+`load_redis` updates the Asset `offline_batch_recsys_recommendations` when it publishes (not when it
+skips or is refused); `prune_runs` never deletes the published run or one still running.
 
 Each run writes to `<artifact_root>/offline_batch_recsys/<run_id>/`, so scheduled runs, manual
 runs and backfills never overwrite each other; unless the `data.seed` param is set, the data seed is
