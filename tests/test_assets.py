@@ -23,7 +23,7 @@ ASSET_URI = "redis://redis-recs/offline_batch_recsys/recommendations"
 REUSE_MODELS = "generate_data|transform|fit_retrieval|fit_ranking"
 
 
-def airflow(env, *args, check=True, timeout=900):
+def airflow(env, *args, check=True, timeout=1800):
     result = subprocess.run(["airflow", *args], env=env, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"airflow {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
@@ -50,7 +50,7 @@ def dag_test(env, day: str, conf: dict | None = None, mark_success: str = "", ch
     result = subprocess.run(
         [sys.executable, "-c", DAG_TEST, DAG_ID, day, json.dumps(conf or {}), mark_success, str(REPO / "dags")],
         env={**env, "PYTHONPATH": f"{REPO / 'plugins'}:{env.get('PYTHONPATH', '')}"},
-        capture_output=True, text=True, timeout=900,
+        capture_output=True, text=True, timeout=3600,  # generous: a loaded 2-core machine
     )
     if check and result.returncode != 0:
         raise AssertionError(f"dag test {day} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
