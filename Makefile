@@ -16,5 +16,7 @@ lint: setup
 	.venv/bin/ruff check recsys_tasks dags plugins tests
 
 clean:
+	@echo "make clean: stops the local Redis and deletes .airflow/ (metadata, logs), .redis/ (its data),"
+	@echo "  .partitions/ and artifacts/ (every run directory: models, recommendations, report.json, report.md, plots)"
 	-.venv/bin/python -m recsys_tasks.local_redis stop --dir .redis
-	rm -rf .airflow .airflow.* .redis artifacts
+	rm -rf .airflow .airflow.* .redis .partitions artifacts

@@ -23,6 +23,10 @@ recommendations for **every user** to Redis (RedisJSON), where applications read
 | `collect_scores` | after every shard: exactly the planned parts are in, every user once | `summaries/score.json` |
 | `evaluate` | recall/ndcg vs popularity and oracle, ranking AUC, list quality, plots | `report.json`, `evaluation/` |
 | `load_redis` | quality gate, then pipelined `JSON.SET` + TTL per user, fallback list, manifest key | Redis |
+| `prune_runs` | teardown: keeps the newest `retention.keep_runs` run directories | deletes older ones |
+
+`load_redis` updates the Asset `offline_batch_recsys_recommendations` when it publishes (not when it
+skips or is refused); `prune_runs` never deletes the published run or one still running.
 
 Each run writes to `<artifact_root>/offline_batch_recsys/<run_id>/`, so scheduled runs, manual
 runs and backfills never overwrite each other; unless the `data.seed` param is set, the data seed is
@@ -42,8 +46,16 @@ import os
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Param, dag, get_current_context, task
-from recsys_airflow import collect_scoring_shards, plan_scoring_shards, run_stage, score_shard
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task, teardown
+from recsys_airflow import (
+    collect_scoring_shards,
+    load_and_announce,
+    plan_scoring_shards,
+    prune_run_dirs,
+    recommendations_asset,
+    run_stage,
+    score_shard,
+)
 
 DEFAULT_ARGS = {
     "owner": "recsys",
@@ -80,7 +92,8 @@ PARAMS = {
 
 @dag(
     dag_id="offline_batch_recsys",
-    schedule="@daily",
+    # Data intervals: the run that starts at 00:00 UTC on day D+1 has logical date D and reads D's data.
+    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -124,13 +137,17 @@ def offline_batch_recsys() -> None:
     def evaluate(_scores: dict) -> dict:
         return run_stage("evaluate", get_current_context())
 
-    @task
+    @task(outlets=[recommendations_asset()])
     def load_redis(_report: dict) -> dict:
-        return run_stage("load_redis", get_current_context())
+        return load_and_announce(get_current_context())
+
+    @teardown
+    def prune_runs() -> dict:
+        return prune_run_dirs(get_current_context())
 
     features = transform(generate_data())
     shards = plan_scoring(fit_retrieval(features), fit_ranking(features))
-    load_redis(evaluate(collect_scores(score.expand(shard_index=shards))))
+    load_redis(evaluate(collect_scores(score.expand(shard_index=shards)))) >> prune_runs()
 
 
 offline_batch_recsys()

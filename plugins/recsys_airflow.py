@@ -27,6 +27,10 @@ def task_config(context: Any) -> Any:
     date = context.get("logical_date")
     if "data.seed" not in overrides and date is not None:
         config = config.with_overrides({"data.seed": seed_for_date(config.data.seed, date)})
+    # Daily partitions: the window ends at the run's logical date, so each backfill date reads its own.
+    day = date or getattr(context.get("dag_run"), "run_after", None)
+    if config.data.partition_root and "data.end_date" not in overrides and day is not None:
+        config = config.with_overrides({"data.end_date": day.strftime("%Y-%m-%d")}, origin="logical date")
     return config
 
 
@@ -36,10 +40,16 @@ def seed_for_date(base_seed: int, date: Any) -> int:
 
 
 def task_run_dir(context: Any, config: Any) -> Path:
-    """``<artifact_root>/<dag_id>/<run_id>``: scheduled runs, manual runs and backfills never share one."""
-    from recsys_tasks.paths import run_dir_for
+    """``<artifact_root>/<dag_id>/<run_id>``: scheduled runs, manual runs and backfills never share one.
 
-    return run_dir_for(config.artifact_root, context["dag"].dag_id, context["run_id"])
+    The first task of a run records the run id, logical date and start time in its ``run.json`` (retention
+    orders runs by it and asks Airflow whether that run id is still running)."""
+    from recsys_tasks.paths import RunPaths, run_dir_for
+    from recsys_tasks.retention import record_run
+
+    run_dir = run_dir_for(config.artifact_root, context["dag"].dag_id, context["run_id"])
+    record_run(RunPaths(run_dir), run_id=context["run_id"], logical_date=logical_date(context))
+    return run_dir
 
 
 def logical_date(context: Any) -> str:
@@ -117,3 +127,65 @@ def worker_hostname() -> str:
     from airflow.utils.net import getfqdn
 
     return getfqdn()
+RECOMMENDATIONS_ASSET_NAME = "offline_batch_recsys_recommendations"
+RECOMMENDATIONS_ASSET_URI = "redis://redis-recs/offline_batch_recsys/recommendations"
+
+
+def recommendations_asset() -> Any:
+    """The published recommendations (the documents and manifest in the ``redis_recs`` Redis) as an Asset:
+    ``load_redis`` emits an event each time it publishes, so DAGs scheduled on it run after every publish."""
+    from airflow.sdk import Asset
+
+    return Asset(name=RECOMMENDATIONS_ASSET_NAME, uri=RECOMMENDATIONS_ASSET_URI, group="recsys")
+
+
+def load_and_announce(context: Any) -> dict[str, Any]:
+    """``load_redis``, then an asset event carrying the run id, logical date and user count.
+
+    A load that does not publish emits no event: a refused one (quality gate) fails the task at once, without
+    retries, and a skipped
+    one (Redis already holds a newer logical date) ends the task as *skipped*, which Airflow does not
+    count as an update of its outlets. Its summary is in ``summaries/load_redis.json`` and the log.
+    """
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from recsys_tasks.quality import QualityGateError
+
+    try:
+        summary = run_stage("load_redis", context)
+    except QualityGateError as exc:
+        # The same artifacts fail the same checks again: no retries (they would hold the gpu slot for 15 min).
+        raise AirflowFailException(str(exc)) from exc
+    if not summary.get("published"):
+        raise AirflowSkipException(f"load_redis did not publish: {summary.get('reason', '')}")
+    manifest = summary.get("manifest") or {}
+    context["outlet_events"][recommendations_asset()].extra = {
+        "run_id": summary["run_id"],
+        "logical_date": summary["logical_date"],
+        "users": summary["users"],
+        "completed_at": manifest.get("completed_at"),
+        "manifest_key": task_config(context).store.manifest_key,
+    }
+    return summary
+
+
+def prune_run_dirs(context: Any) -> dict[str, Any]:
+    """Keep the newest ``retention.keep_runs`` run directories of this DAG; never the run the Redis manifest
+    names, this run, or a run Airflow reports as queued or running."""
+    from recsys_tasks.paths import run_dir_for
+    from recsys_tasks.retention import prune_runs
+    from recsys_tasks.store import read_manifest
+
+    config = task_config(context)
+    dag_id = context["dag"].dag_id
+    protected = [task_run_dir(context, config)]
+    manifest = read_manifest(redis_client(), config.store)  # an unreachable Redis fails the task: nothing deleted
+    if manifest and manifest.get("run_id"):
+        protected.append(run_dir_for(config.artifact_root, dag_id, manifest["run_id"]))
+
+    def is_running(run_id: str) -> bool:
+        # Asked of Airflow's API server through the task SDK (tasks have no metadata-database access).
+        return context["ti"].get_dr_count(dag_id=dag_id, run_ids=[run_id], states=["queued", "running"]) > 0
+
+    return prune_runs(Path(config.artifact_root) / dag_id, keep_runs=config.retention.keep_runs,
+                      protected=protected, is_running=is_running)

@@ -1,6 +1,7 @@
 """``python -m recsys_tasks <stage> --run-dir DIR``: every stage runnable without Airflow.
 
-``run`` runs all seven stages in order; ``fetch USER_ID`` prints one published document; ``bench``
+``run`` runs all seven stages in order; ``fetch USER_ID`` prints one published document;
+``make-partitions --root DIR --start YYYY-MM-DD --days N`` writes planted daily partitions; ``bench``
 measures scoring and loading against the notebook's method (``python -m recsys_tasks bench --help``);
 ``bench-store`` the load into a Redis Cluster vs one Redis vs ``redis-benchmark --cluster``. Redis is
 reached through ``--redis-url`` (default: the ``RECSYS_REDIS_URL`` environment variable).
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import STAGES
-from .config import Config, load_config
+from .config import Config, ConfigError, load_config
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -76,6 +77,15 @@ def _redis(url: str) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; a configuration error prints one line naming the key (exit status 2), no traceback."""
+    try:
+        return _main(argv)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
         from .bench import main as bench_main
@@ -86,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return bench_store_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m recsys_tasks", description=__doc__)
-    parser.add_argument("command", choices=[*STAGES, "run", "fetch", "show"])
+    parser.add_argument("command", choices=[*STAGES, "run", "fetch", "show", "make-partitions"])
     parser.add_argument("user_id", nargs="?", type=int, help="raw user id (fetch only)")
     parser.add_argument("--run-dir", type=Path, help="the run's artifact directory")
     parser.add_argument("--config", type=Path, help="YAML file with config overrides")
@@ -102,6 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="load_redis: publish even over a newer run (the rollback); same as --set store.force=true")
     parser.add_argument("--dag-id", default="offline_batch_recsys", help="show: DAG whose runs live under the root")
     parser.add_argument("--expect-logical-date", default="", help="show: fail unless the manifest names this date")
+    parser.add_argument("--root", type=Path, help="make-partitions: directory that receives dt=YYYY-MM-DD/ partitions")
+    parser.add_argument("--start", help="make-partitions: first day, YYYY-MM-DD")
+    parser.add_argument("--days", type=int, default=14, help="make-partitions: number of daily partitions (14)")
+    parser.add_argument("--rows-per-day", type=int,
+                        help="make-partitions: impressions per day (default data.num_rows / data.window_days)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -119,15 +134,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if doc is not None else 1
     if args.command == "show":
         return show(config, _redis(args.redis_url), args.dag_id, args.expect_logical_date)
+    if args.command == "make-partitions":
+        if args.root is None or not args.start:
+            parser.error("make-partitions needs --root and --start")
+        return make_partitions(config, args.root, args.start, args.days, args.rows_per_day)
     if args.run_dir is None:
         parser.error(f"{args.command} needs --run-dir")
     names = STAGES if args.command == "run" else (args.command,)
     client = _redis(args.redis_url) if "load_redis" in names else None
     run_id, logical_date = run_identity(args.run_dir, args.run_id, args.logical_date)
+    if config.data.partition_root and not config.data.end_date and args.logical_date:
+        config = config.with_overrides({"data.end_date": args.logical_date[:10]}, origin="--logical-date")
     for name in names:
         summary = run_stage(name, config, args.run_dir, redis_client=client, run_id=run_id,
                             logical_date=logical_date)
         print(json.dumps(summary, default=str))
+    return 0
+
+
+def make_partitions(config: Config, root: Path, start: str, days: int, rows_per_day: int | None) -> int:
+    """Planted impressions of one user/item population written as ``days`` daily partitions under ``root``."""
+    import datetime
+
+    from .data import generate_planted
+    from .partitions import write_partitions
+
+    if days < 1:
+        raise ConfigError(f"--days must be >= 1, got {days}")
+    try:
+        datetime.date.fromisoformat(start)
+    except ValueError:
+        raise ConfigError(f"--start must be a day written YYYY-MM-DD, got {start!r}") from None
+    per_day = rows_per_day or max(config.data.num_rows // config.data.window_days, 1)
+    settings = config.with_overrides({"data.num_rows": per_day * days}, origin="--rows-per-day").data
+    frame, _ = generate_planted(settings)
+    written = write_partitions(frame, root, start, days)
+    print(json.dumps({"root": str(root), "partitions": written}))
     return 0
 
 

@@ -52,6 +52,18 @@ class DataConfig:
     """``parquet``: a raw training parquet file or a directory of them."""
     valid_path: str = ""
     """``parquet``: a raw validation parquet file or a directory of them."""
+    partition_root: str = ""
+    """``parquet``, daily partitions: a directory of ``dt=YYYY-MM-DD/`` sub-directories of parquet files.
+    When set (instead of ``train_path``/``valid_path``) each run reads the ``window_days`` partitions
+    ending at ``end_date`` (see :mod:`recsys_tasks.partitions`)."""
+    end_date: str = ""
+    """Daily partitions: the last day of the window, ``YYYY-MM-DD``. The DAG sets it to the run's logical
+    date (a backfill date reads its own window); the command line must give it."""
+    window_days: int = 7
+    """Daily partitions: days in a run's window (the end date and the ``window_days - 1`` days before it)."""
+    valid_days: int = 1
+    """Daily partitions: the last ``valid_days`` days of the window are the validation split (a time-based
+    split, as a model trained today is used on tomorrow's traffic); the earlier days are training data."""
 
 
 DASK_CLUSTERS = ("none", "local", "local_cuda")
@@ -189,6 +201,15 @@ class QualityConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """Run directories kept on disk (the ``prune_runs`` task at the end of the DAG)."""
+
+    keep_runs: int = 7
+    """The newest run directories (by the time each run started) that are kept; older ones are deleted,
+    except the run the Redis manifest names and runs Airflow still reports as running. 0 keeps all."""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole pipeline's settings."""
 
@@ -202,6 +223,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -314,6 +336,18 @@ def _coerce(value: Any, target: type, key: str, origin: str) -> Any:
         ) from None
 
 
+def _is_day(value: str) -> bool:
+    """Empty, or a calendar day written ``YYYY-MM-DD``."""
+    import datetime
+
+    if not value:
+        return True
+    try:
+        return datetime.date.fromisoformat(value).isoformat() == value
+    except ValueError:
+        return False
+
+
 def _validate(config: Config) -> None:
     checks = [
         (config.data.num_rows > 0, f"data.num_rows must be > 0, got {config.data.num_rows}"),
@@ -332,6 +366,22 @@ def _validate(config: Config) -> None:
         (config.data.latent_dim > 0, f"data.latent_dim must be > 0, got {config.data.latent_dim}"),
         (config.data.signal_strength >= 0, "data.signal_strength must be >= 0"),
         (config.data.popularity_exponent >= 0, "data.popularity_exponent must be >= 0"),
+        (config.data.window_days >= 2, f"data.window_days must be >= 2, got {config.data.window_days}"),
+        (
+            1 <= config.data.valid_days < config.data.window_days,
+            f"data.valid_days must be >= 1 and < data.window_days ({config.data.window_days}), "
+            f"got {config.data.valid_days}",
+        ),
+        (
+            not (config.data.partition_root and (config.data.train_path or config.data.valid_path)),
+            "data.partition_root and data.train_path/data.valid_path are two ways to name parquet input; set one",
+        ),
+        (
+            not config.data.partition_root or config.data.source == "parquet",
+            f"data.partition_root is set but data.source is {config.data.source!r}; set data.source=parquet",
+        ),
+        (_is_day(config.data.end_date), f"data.end_date must be YYYY-MM-DD, got {config.data.end_date!r}"),
+        (config.retention.keep_runs >= 0, f"retention.keep_runs must be >= 0, got {config.retention.keep_runs}"),
         (
             all(k >= 1 for k in config.evaluate.cutoffs),
             f"evaluate.cutoffs must all be >= 1, got {config.evaluate.cutoffs}",

@@ -9,8 +9,10 @@ Three sources (``data.source``):
 * ``merlin`` - Merlin's own ``generate_data("aliccp-raw", ...)`` as in the notebook. Its clicks are
   ``randint(0, 2)``: no model can learn from it, so it only proves the plumbing works (the quality
   gate refuses to publish it unless ``quality.force_publish`` is set).
-* ``parquet`` - user-supplied raw Ali-CCP data (``data.train_path`` / ``data.valid_path``, a parquet
-  file or a directory of them), checked against the raw schema before anything is copied.
+* ``parquet`` - user-supplied raw Ali-CCP data, checked against the raw schema before anything is
+  copied: either daily partitions (``data.partition_root``, a window ending at ``data.end_date`` split by
+  time, see :mod:`recsys_tasks.partitions`) or fixed paths (``data.train_path`` / ``data.valid_path``, a
+  parquet file or a directory of them).
 """
 
 from __future__ import annotations
@@ -362,13 +364,39 @@ def _counts(frame: Any) -> dict[str, int]:
     }
 
 
+def _read_partitions(settings: DataConfig, paths: RunPaths) -> dict[str, Any]:
+    """The run's window of daily partitions: every file checked first, then copied (train days, then valid)."""
+    import pandas as pd
+
+    from .partitions import plan_window
+
+    plan = plan_window(settings)
+    rows_by_day = {day: sum(check_parquet_file(f) for f in files) for day, files in plan.files.items()}
+    splits = {}
+    for name, days, target in (("train", plan.train_days, paths.raw_train),
+                               ("valid", plan.valid_days, paths.raw_valid)):
+        target.mkdir(parents=True, exist_ok=True)
+        files = [(day, index, file) for day in days for index, file in enumerate(plan.files[day])]
+        for day, index, file in files:
+            shutil.copyfile(file, target / f"dt={day.isoformat()}-part_{index}.parquet")
+        users = pd.concat([pd.read_parquet(f, columns=["user_id"]) for _, _, f in files])["user_id"].nunique()
+        splits[name] = {"rows": int(sum(rows_by_day[d] for d in days)), "files": len(files), "users": int(users)}
+    window = {**plan.describe(), "rows": {name: split["rows"] for name, split in splits.items()},
+              "rows_per_day": {d.isoformat(): int(r) for d, r in rows_by_day.items()}}
+    log.info("window %s..%s: train %s, valid %s", window["start_date"], window["end_date"],
+             window["train_days"], window["valid_days"])
+    return {"splits": splits, "window": window}
+
+
 @stage("generate_data")
 def generate_data(config: Config, paths: RunPaths) -> dict[str, Any]:
     """Write ``raw/train/`` and ``raw/valid/`` parquet (and ``raw/truth.npz`` for planted data)."""
     settings = config.data
     paths.fresh(paths.raw)
     summary: dict[str, Any] = {"source": settings.source}
-    if settings.source == "parquet":
+    if settings.source == "parquet" and settings.partition_root:
+        summary.update(_read_partitions(settings, paths))
+    elif settings.source == "parquet":
         counts = {}
         for name, location, setting, target in (
             ("train", settings.train_path, "data.train_path", paths.raw_train),

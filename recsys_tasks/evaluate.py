@@ -372,6 +372,7 @@ def evaluate(config: Config, paths: RunPaths) -> dict[str, Any]:
         },
         "recommendations_sha256": recommendations_fingerprint(paths.recommendations),
         "fallback_list": str(paths.fallback_list),
+        "data_window": summaries.get("generate_data", {}).get("window"),
     }
     paths.report_json.write_text(json.dumps(report, indent=2, sort_keys=True))
     if config.evaluate.plots:

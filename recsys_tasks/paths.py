@@ -28,6 +28,11 @@ def run_dir_for(artifact_root: str | Path, dag_id: str, run_id: str) -> Path:
 class RunPaths:
     root: Path
 
+    @property
+    def run_info(self) -> Path:
+        """Run id, logical date and start time of the run (``recsys_tasks.retention``)."""
+        return self.root / "run.json"
+
     # stage 1
     @property
     def raw(self) -> Path:

@@ -117,6 +117,28 @@ def matplotlib_available() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
+def _base_rate(ranking: dict[str, Any]) -> str:
+    """The reference a log loss is read against: the loss of predicting the mean click rate everywhere."""
+    reference = ranking.get("base_rate_log_loss")
+    if reference is None:
+        return "no reference log loss in the report"
+    rate = ranking.get("click_rate")
+    mean = f" ({rate:.4f})" if rate is not None else ""
+    return f"predicting the mean click rate{mean} for every impression scores {reference:.4f}; lower is better"
+
+
+def _window(report: dict[str, Any]) -> list[str]:
+    window = report.get("data_window")
+    if not window:
+        return []
+    return [
+        f"Window: {window['start_date']} .. {window['end_date']} ({window['days']} daily partitions); "
+        f"train {', '.join(window['train_days'])} ({window['rows']['train']} rows), "
+        f"validation {', '.join(window['valid_days'])} ({window['rows']['valid']} rows).",
+        "",
+    ]
+
+
 def markdown(report: dict[str, Any], *, plots: bool = True) -> str:
     retrieval, ranking, lists = report["retrieval"], report["ranking"], report["lists"]
     cutoffs = [str(k) for k in retrieval["cutoffs"]]
@@ -126,6 +148,7 @@ def markdown(report: dict[str, Any], *, plots: bool = True) -> str:
         "",
         f"Data source: `{report['source']}`. Numbers are also in `../report.json`.",
         "",
+        *_window(report),
         f"## Retrieval (full catalog, {retrieval['users_evaluated']} users with validation clicks)",
         "",
         "| method | " + " | ".join(f"recall@{k} | ndcg@{k}" for k in cutoffs) + " |",
@@ -142,8 +165,8 @@ def markdown(report: dict[str, Any], *, plots: bool = True) -> str:
         "",
         "## Ranking (validation impressions)",
         "",
-        f"DLRM AUC {ranking['auc']:.4f}, log loss {ranking['log_loss']:.4f} "
-        f"(base rate {ranking['base_rate_log_loss']:.4f}); popularity AUC {ranking['popularity_auc']:.4f}.",
+        f"DLRM AUC {ranking['auc']:.4f}, log loss {ranking['log_loss']:.4f} ({_base_rate(ranking)}); "
+        f"popularity AUC {ranking['popularity_auc']:.4f}.",
         "",
         f"![training loss]({PLOTS['loss']})",
         "",
@@ -210,7 +233,7 @@ def summary_lines(report: dict[str, Any], gate: dict[str, Any], published: dict[
         f"retrieval recall@{k}: model {retrieval['model']['recall'][k]:.4f} | popularity "
         f"{retrieval['popularity']['recall'][k]:.4f} | oracle {_fmt(oracle['recall'][k] if oracle else None)}",
         f"ranking AUC {ranking['auc']:.4f} (popularity {ranking['popularity_auc']:.4f}), "
-        f"log loss {ranking['log_loss']:.4f}",
+        f"log loss {ranking['log_loss']:.4f} ({_base_rate(ranking)})",
         f"lists: recall@{lists['top_n']} {lists['recall_at_n']:.4f} ranked vs "
         f"{lists['retrieval_order_recall_at_n']:.4f} retrieval order; coverage {lists['catalog_coverage']:.3f}; "
         f"Gini {lists['exposure_gini']:.3f}; full {lists['full_list_share']:.3f}; seen {lists['lists_with_seen_item']}",
@@ -219,8 +242,11 @@ def summary_lines(report: dict[str, Any], gate: dict[str, Any], published: dict[
         + (" -- PUBLISHED ANYWAY (quality.force_publish)" if gate.get("forced") else ""),
     ]
     lines += [f"  {c['name']}: {'ok' if c['passed'] else 'FAIL'} - {c['detail']}" for c in gate["checks"]]
-    if published is not None:
-        run = published.get("manifest", {}).get("run_id")
-        lines.append(f"published {published.get('users')} documents, manifest run {run}")
+    served = (published or {}).get("manifest") or {}
+    if published is not None and published.get("published", True):
+        lines.append(f"published {published.get('users')} documents, manifest run {served.get('run_id')}")
+    elif published is not None:
+        lines.append(f"NOT published ({published.get('users')} documents left unwritten): {published.get('reason')}")
+        lines.append(f"Redis still serves run {served.get('run_id')} ({served.get('logical_date')})")
     lines.append("=" * 78)
     return lines

@@ -3,6 +3,7 @@
 # Redis with RedisJSON (started here on port $RECSYS_LOCAL_REDIS_PORT unless AIRFLOW_CONN_REDIS_RECS
 # is already set), then one user's document and the run summary.
 #   ROWS=1000000 scripts/run_local.sh     # the notebook's size
+#   PARTITIONS=1 scripts/run_local.sh     # read a 7-day window of daily partitions (written first)
 set -euo pipefail
 source "$(dirname "$0")/airflow_env.sh"
 cd "$REPO"
@@ -18,12 +19,19 @@ airflow db migrate >"$AIRFLOW_HOME.migrate.log" 2>&1 || { cat "$AIRFLOW_HOME.mig
 airflow pools set gpu 1 "GPU slots (one per GPU)" >/dev/null
 
 logical_date=$(date -u +%Y-%m-%dT%H:%M:%S+00:00)
+if [ -n "${PARTITIONS:-}" ]; then
+  # Daily input: planted partitions for the 7 days ending today, read as a window by generate_data.
+  end_day=${logical_date:0:10}
+  start_day=$(date -u -d "$end_day -6 days" +%Y-%m-%d)
+  export RECSYS__DATA__SOURCE=parquet RECSYS__DATA__PARTITION_ROOT="$REPO/.partitions"
+  echo "==> planted daily partitions $start_day .. $end_day under .partitions/"
+  python -m recsys_tasks make-partitions --root "$REPO/.partitions" --start "$start_day" --days 7 >/dev/null
+fi
 log="$AIRFLOW_HOME/last-run.log"
 echo "==> airflow dags test offline_batch_recsys $logical_date   (full log: $log)"
 started=$(date +%s)
 status=0
-airflow dags test offline_batch_recsys "$logical_date" >"$log" 2>&1 || status=$?
-grep -oE "stage [a-z_]+ (starting on [a-z]+|done in [0-9.]+s)" "$log" | sed 's/^/  /' || true
+scripts/dag_test_live.sh "$log" offline_batch_recsys "$logical_date" || status=$?
 if [ "$status" -ne 0 ]; then
   tail -n 60 "$log"; echo "airflow dags test failed (exit $status)" >&2; exit "$status"
 fi

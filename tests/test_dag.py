@@ -40,14 +40,16 @@ def dag(airflow_env):
 
 def test_dag_shape(dag):
     assert dag is not None
-    assert dag.schedule == "@daily" or str(dag.timetable.summary) == "@daily"
+    # @daily with data intervals: the run at 00:00 UTC on D+1 has logical date D (its partitions end at D).
+    assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
+    assert dag.timetable.expression == "0 0 * * *"
     assert dag.catchup is False
     assert dag.max_active_runs == 1
     assert dag.doc_md and "load_redis" in dag.doc_md
     tasks = {t.task_id: t for t in dag.tasks}
     assert set(tasks) == {
         "generate_data", "transform", "fit_retrieval", "fit_ranking", "plan_scoring", "score", "collect_scores",
-        "evaluate", "load_redis",
+        "evaluate", "load_redis", "prune_runs",
     }
     upstream = {tid: set(t.upstream_task_ids) for tid, t in tasks.items()}
     assert upstream == {
@@ -60,7 +62,12 @@ def test_dag_shape(dag):
         "collect_scores": {"score"},
         "evaluate": {"collect_scores"},
         "load_redis": {"evaluate"},
+        "prune_runs": {"load_redis"},
     }
+    # load_redis announces each publish on an Asset; retention is a teardown (runs after failures too,
+    # and does not decide the run's state).
+    assert [a.uri for a in tasks["load_redis"].outlets] == ["redis://redis-recs/offline_batch_recsys/recommendations"]
+    assert tasks["prune_runs"].is_teardown
     # score is mapped over the shard indices plan_scoring returns; the others are plain tasks.
     assert tasks["score"].is_mapped and not tasks["collect_scores"].is_mapped
     assert tasks["collect_scores"].trigger_rule == "all_success"
