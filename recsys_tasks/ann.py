@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numba import njit, prange
 
 from .common import get_logger
+from .topk import _is_seen
 
 log = get_logger("score")
 
@@ -158,16 +160,36 @@ def _search(index: Any, queries: np.ndarray, fetch: int) -> np.ndarray:
     return labels
 
 
-def _keep_unseen(labels: np.ndarray, seen_lists: list[np.ndarray], k: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """Per user: the returned items minus padding and seen items (at most k), and whether it is short."""
-    kept, short = [], np.zeros(len(labels), dtype=bool)
-    for position, (row, seen) in enumerate(zip(labels, seen_lists)):
-        row = row[row >= 0]
-        if len(seen):
-            row = row[~np.isin(row, seen, assume_unique=False)]
-        kept.append(row[:k])
-        short[position] = len(row) < k
-    return kept, short
+@njit(parallel=True, cache=True, nogil=True)
+def _unseen_scored(labels: np.ndarray, queries: np.ndarray, items: np.ndarray, seen_indptr: np.ndarray,
+                   seen_items: np.ndarray, catalog_rows: np.ndarray, best_items: np.ndarray,
+                   best_scores: np.ndarray, lengths: np.ndarray) -> None:
+    """Per query: the first k returned items that are not seen, their exact inner products, sorted."""
+    k = best_items.shape[1]
+    for q in prange(labels.shape[0]):
+        row = catalog_rows[q]
+        seen = seen_items[seen_indptr[row]:seen_indptr[row + 1]]
+        count = 0
+        for j in range(labels.shape[1]):
+            item = labels[q, j]
+            if item < 0 or _is_seen(seen, item):
+                continue
+            value = np.float32(0.0)
+            for d in range(queries.shape[1]):
+                value += queries[q, d] * items[item, d]
+            # Insertion into the sorted prefix: score descending, lower item row first among ties.
+            position = count
+            while position > 0 and (best_scores[q, position - 1] < value or (
+                    best_scores[q, position - 1] == value and best_items[q, position - 1] > item)):
+                best_scores[q, position] = best_scores[q, position - 1]
+                best_items[q, position] = best_items[q, position - 1]
+                position -= 1
+            best_scores[q, position] = value
+            best_items[q, position] = item
+            count += 1
+            if count == k:
+                break
+        lengths[q] = count
 
 
 def top_k_unseen_approximate(
@@ -188,28 +210,24 @@ def top_k_unseen_approximate(
         return best_items, best_scores
     starts, stops = seen_indptr[catalog_rows], seen_indptr[catalog_rows + 1]
     seen_counts = stops - starts
-    seen_lists = [seen_items[a:b] for a, b in zip(starts, stops)]
     wanted = np.minimum(k, num_items - seen_counts)  # what exact retrieval would return
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    items = np.ascontiguousarray(item_embeddings, dtype=np.float32)
+    rows = np.asarray(catalog_rows, dtype=np.int64)
+    lengths = np.zeros(users, dtype=np.int64)
     ordinary = int(np.quantile(seen_counts, OUTLIER_SEEN_QUANTILE, method="higher"))
-    kept, short = _keep_unseen(_search(index, queries, k + ordinary), seen_lists, k)
-    # Re-query heavy clickers (their seen items may have crowded out the unseen ones) with their own count.
-    again = np.flatnonzero(short & (seen_counts > ordinary) & (k + seen_counts < num_items))
+    _unseen_scored(_search(index, queries, k + ordinary), queries, items, seen_indptr, seen_items, rows,
+                   best_items, best_scores, lengths)
+    # Heavy clickers whose seen items crowded the unseen ones out: again, asking for k + their own count.
+    again = np.flatnonzero((lengths < wanted) & (seen_counts > ordinary))
     if len(again):
         labels = _search(index, queries[again], k + int(seen_counts[again].max()))
-        more, _ = _keep_unseen(labels, [seen_lists[p] for p in again], k)
-        for position, row in zip(again, more):
-            kept[position] = row
-    lengths = np.fromiter((len(row) for row in kept), dtype=np.int64, count=users)
-    for position, row in enumerate(kept):
-        best_items[position, : len(row)] = row
-    # Exact scores of the returned items, then the exact kernel's order.
-    valid = best_items >= 0
-    vectors = item_embeddings[np.where(valid, best_items, 0)]
-    scores = np.einsum("ukd,ud->uk", vectors, np.asarray(queries, dtype=np.float32)).astype(np.float32)
-    scores[~valid] = -np.inf
-    order = np.lexsort((np.where(valid, best_items, np.iinfo(np.int64).max), -scores), axis=1)
-    best_items = np.take_along_axis(best_items, order, axis=1)
-    best_scores = np.take_along_axis(scores, order, axis=1)
+        again_items, again_scores = best_items[again], best_scores[again]
+        again_lengths = lengths[again]
+        again_items[:], again_scores[:] = -1, -np.inf
+        _unseen_scored(labels, queries[again], items, seen_indptr, seen_items, rows[again], again_items,
+                       again_scores, again_lengths)
+        best_items[again], best_scores[again], lengths[again] = again_items, again_scores, again_lengths
     fallback = np.flatnonzero(lengths < wanted)
     if len(fallback):
         log.info("%d of %d users left short by the index: answered by the exact kernel", len(fallback), users)

@@ -6,6 +6,7 @@ import json
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,12 @@ log = get_logger("bench")
 
 
 def run_scoring_child(run_dir: Path, top_k: int, top_n: int, chunk_users: int, rank_batch_rows: int,
-                      out: Path) -> dict[str, Any]:
+                      out: Path, kernel: str = "auto") -> dict[str, Any]:
     """Run the real ``score`` stage in a fresh process and return its summary plus its peak RSS."""
     command = [sys.executable, "-m", "recsys_tasks.bench", "--child-score", str(run_dir), "--child-out", str(out),
                "--top-k", str(top_k), "--top-n", str(top_n), "--chunk-users", str(chunk_users),
-               "--rank-batch-rows", str(rank_batch_rows)]
-    log.info("scoring %s at K=%d N=%d in a child process", run_dir, top_k, top_n)
+               "--rank-batch-rows", str(rank_batch_rows), "--child-kernel", kernel]
+    log.info("scoring %s at K=%d N=%d (retrieval kernel %s) in a child process", run_dir, top_k, top_n, kernel)
     # The child's log (progress: users done, rate, time left) goes straight to ours.
     result = subprocess.run(command)
     if result.returncode != 0:
@@ -30,13 +31,18 @@ def run_scoring_child(run_dir: Path, top_k: int, top_n: int, chunk_users: int, r
     return json.loads(out.read_text())
 
 
-def _child_score(run_dir: Path, top_k: int, top_n: int, chunk_users: int, rank_batch_rows: int, out: Path) -> None:
+def _child_score(run_dir: Path, top_k: int, top_n: int, chunk_users: int, rank_batch_rows: int, out: Path,
+                 kernel: str = "auto") -> None:
     from ..scoring import score
 
     config = Config().with_overrides({"scoring.top_k": top_k, "scoring.top_n": top_n,
                                       "scoring.user_chunk_size": chunk_users,
-                                      "scoring.rank_batch_rows": rank_batch_rows})
+                                      "scoring.rank_batch_rows": rank_batch_rows,
+                                      "scoring.retrieval_kernel": kernel})
+    started = time.perf_counter()
     summary = score(config, run_dir)
+    # The stage's users/s counts scoring only; planning (and an approximate index's build) is one-off per run.
+    summary["stage_seconds"] = round(time.perf_counter() - started, 3)
     summary["peak_rss_mb"] = peak_rss_mb()
     out.write_text(json.dumps(summary))
 

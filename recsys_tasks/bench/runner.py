@@ -30,6 +30,7 @@ from typing import Any
 from ..common import get_logger, quiet_tensorflow
 from ..config import Config
 from ..paths import RunPaths
+from .approximate import list_overlap_files, measure_approximate, measure_large_catalog
 from .children import _child_score, run_scoring_child
 from .common import NOTEBOOK_K
 from .inputs import build_scale_run, subset_run
@@ -71,7 +72,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     small_run = subset("small_run", small_users)
     results: dict[str, Any] = {"inputs": {"users": num_users, "items": num_items, "synthetic": not args.run_dir,
                                           "cpu_count": os.cpu_count(), "chunk_users": args.chunk_users,
-                                          "rank_batch_rows": args.rank_batch_rows}}
+                                          "rank_batch_rows": args.rank_batch_rows, "loadavg_start": loadavg()}}
 
     out = Path(args.out)
 
@@ -80,11 +81,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2, default=str))
 
-    def child(run: RunPaths, top_k: int, top_n: int, name: str) -> dict[str, Any]:
+    def child(run: RunPaths, top_k: int, top_n: int, name: str, kernel: str = "auto") -> dict[str, Any]:
         target = work / f"score_{name}.json"
         if args.resume and target.exists():
             return json.loads(target.read_text())
-        return run_scoring_child(run.root, top_k, top_n, args.chunk_users, args.rank_batch_rows, target)
+        return run_scoring_child(run.root, top_k, top_n, args.chunk_users, args.rank_batch_rows, target, kernel)
 
     # Scoring at the notebook's K and at ours, each a real `score` run in a child process (the child's
     # peak RSS is the memory figure); the K=20 run's lists are compared with the notebook method's.
@@ -97,8 +98,23 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     agreement = compare_lists(notebook.pop("lists"), k20_run.recommendations)
     results["scoring"] = {"notebook": notebook, "ours_k20": ours_k20, "agreement": agreement,
                           "ratio_k20": round(ours_k20["users_per_s"] / notebook["users_per_s"], 1)}
+    # The same K=N=20 scoring with approximate retrieval: its final lists against the exact run's.
+    ann_run = subset("k20_ann_run", k20_users)
+    ours_ann = child(ann_run, NOTEBOOK_K, NOTEBOOK_K, "k20_ann", args.ann_kernel)
+    ours_ann["overlap_with_exact"] = list_overlap_files(ann_run.recommendations, k20_run.recommendations)
+    results["scoring"]["ours_k20_approximate"] = ours_ann
+    results["scoring"]["ratio_k20_approximate"] = round(ours_ann["users_per_s"] / notebook["users_per_s"], 1)
+    checkpoint()
     results["ranking"] = measure_ranking(main_run, args.ranking_users, args.top_k, args.rank_batch_rows)
     results["retrieval"] = measure_retrieval(main_run, args.retrieval_users, args.top_k, args.chunk_users)
+    checkpoint()
+    results["approximate"] = measure_approximate(main_run, args.ann_users, (NOTEBOOK_K, args.top_k), args.top_n,
+                                                 args.chunk_users, args.rank_batch_rows)
+    checkpoint()
+    if args.large_catalog_items:
+        results["large_catalog"] = measure_large_catalog(args.large_catalog_items, args.large_catalog_users,
+                                                         args.top_k, args.chunk_users)
+        checkpoint()
     results["memory"] = {"small": {"users": small_users, "peak_rss_mb": small["peak_rss_mb"]}}
     checkpoint()
 
@@ -128,7 +144,14 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "total_seconds": round(ours_default["seconds"] + results["redis"]["ours_load_seconds"], 1),
     }
     results["bench_seconds"] = round(time.perf_counter() - started, 1)
+    results["inputs"]["loadavg_end"] = loadavg()
     return results
+
+
+def loadavg() -> str:
+    """``/proc/loadavg`` (the machine may be shared: the figures' context)."""
+    path = Path("/proc/loadavg")
+    return path.read_text().strip() if path.exists() else ""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -154,11 +177,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--chunk-users", type=int, default=defaults.scoring.user_chunk_size)
     parser.add_argument("--rank-batch-rows", type=int, default=defaults.scoring.rank_batch_rows)
     parser.add_argument("--pipeline-chunk-keys", type=int, default=defaults.store.pipeline_chunk_keys)
+    parser.add_argument("--ann-kernel", default=defaults.scoring.ann_kernel, choices=["ivf", "hnsw"],
+                        help="the approximate kernel of the K=N=20 approximate scoring run")
+    parser.add_argument("--ann-users", type=int, default=16_384,
+                        help="users in the approximate-vs-exact retrieval comparison")
+    parser.add_argument("--large-catalog-items", type=int, default=1_000_000,
+                        help="synthetic catalog size for approximate vs exact retrieval only (0: skip)")
+    parser.add_argument("--large-catalog-users", type=int, default=4096, help="users queried on that catalog")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--resume", action="store_true",
                         help="reuse the work directory's inputs and finished scoring runs from an interrupted run")
     parser.add_argument("--child-score", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
+    parser.add_argument("--child-kernel", default="auto", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -167,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.child_score:
         _child_score(Path(args.child_score), args.top_k, args.top_n, args.chunk_users, args.rank_batch_rows,
-                     Path(args.child_out))
+                     Path(args.child_out), args.child_kernel)
         return 0
     results = run_bench(args)
     table = markdown_table(results)
