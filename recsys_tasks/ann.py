@@ -9,7 +9,8 @@ k-means cells and HNSW's graph are built for a metric; the returned scores are t
 products of the returned items.
 
 Seen items are removed by over-fetching: each query asks for ``k`` plus the largest seen count of the
-chunk's ordinary users; users with more seen items are queried again for ``k`` plus their own count, and
+chunk's ordinary users (99% of them, at most ``k``); users left short who have more seen items are
+queried again for ``k`` plus the largest such count (so at least ``k`` of what comes back is unseen), and
 a user the index still leaves short (an IVF probe that reached too few items) is answered by the exact
 kernel, so every user gets ``min(k, unseen items)`` candidates, as with exact retrieval.
 
@@ -215,7 +216,8 @@ def top_k_unseen_approximate(
     items = np.ascontiguousarray(item_embeddings, dtype=np.float32)
     rows = np.asarray(catalog_rows, dtype=np.int64)
     lengths = np.zeros(users, dtype=np.int64)
-    ordinary = int(np.quantile(seen_counts, OUTLIER_SEEN_QUANTILE, method="higher"))
+    # The first search asks everyone for k + the seen count of all but the heaviest clickers (at most 2k).
+    ordinary = min(int(np.quantile(seen_counts, OUTLIER_SEEN_QUANTILE, method="higher")), k)
     _unseen_scored(_search(index, queries, k + ordinary), queries, items, seen_indptr, seen_items, rows,
                    best_items, best_scores, lengths)
     # Heavy clickers whose seen items crowded the unseen ones out: again, asking for k + their own count.
