@@ -117,6 +117,9 @@ def build_index(item_embeddings: np.ndarray, settings: IndexSettings, threads: i
         quantizer = faiss.IndexFlatL2(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, lists)
         index.cp.seed = 1234  # k-means is seeded: the same items give the same cells
+        # k-means on a sample of 64 items per cell (FAISS's default takes up to 256): 4x less training for
+        # a 1M-item catalog, the cells are still well placed.
+        index.cp.max_points_per_centroid = 64
         index.train(vectors)
         index.add(vectors)
     else:

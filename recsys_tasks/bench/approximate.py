@@ -152,5 +152,26 @@ def measure_large_catalog(items: int, sample_users: int, k: int, chunk_users: in
                          "speedup_vs_exact": round(sample_users / seconds / results["exact_users_per_s"], 2),
                          "candidate_recall": round(candidate_recall(candidates, exact), 4)}
         log.info("large catalog %s: %s", kind, results[kind])
+        # The search-time parameter swept on the same index (how the defaults were chosen).
+        sweep = []
+        for value in SWEEP[kind]:
+            setattr_search(catalog.ann_index, kind, value)
+            candidates, seconds = _timed_retrieval(catalog, rows, k, kind, chunk_users)
+            sweep.append({"value": value, "users_per_s": _rate(sample_users, seconds),
+                          "speedup_vs_exact": round(sample_users / seconds / results["exact_users_per_s"], 2),
+                          "candidate_recall": round(candidate_recall(candidates, exact), 4)})
+            log.info("large catalog %s %s=%d: %s", kind, SWEEP_PARAMETER[kind], value, sweep[-1])
+        results[kind]["sweep"] = {"parameter": SWEEP_PARAMETER[kind], "points": sweep}
         catalog.ann_index = None
     return results
+
+
+SWEEP = {"ivf": (16, 32, 64, 128), "hnsw": (64, 128, 256)}
+SWEEP_PARAMETER = {"ivf": "ivf_probe", "hnsw": "hnsw_ef_search"}
+
+
+def setattr_search(index: Any, kind: str, value: int) -> None:
+    if kind == "ivf":
+        index.nprobe = min(value, index.nlist)
+    else:
+        index.hnsw.efSearch = value

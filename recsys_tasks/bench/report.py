@@ -70,7 +70,7 @@ def _approximate_rows(a: dict[str, Any]) -> list[str]:
     return rows
 
 
-def _large_catalog_rows(c: dict[str, Any]) -> list[str]:
+def large_catalog_rows(c: dict[str, Any]) -> list[str]:
     rows = []
     for kind in ("ivf", "hnsw"):
         e = c[kind]
@@ -91,7 +91,7 @@ def markdown_table(results: dict[str, Any]) -> str:
     if "approximate" in results:
         rows += _approximate_rows(results["approximate"])
     if "large_catalog" in results:
-        rows += _large_catalog_rows(results["large_catalog"])
+        rows += large_catalog_rows(results["large_catalog"])
     r, m = results["redis"], results["memory"]
     rows += [
         f"| Redis load vs ceiling (keys/s) | {r['ours_keys_per_s']:,.0f} | "
