@@ -136,7 +136,7 @@ class ScoringConfig:
     """``ivf``: cells searched per query (recall vs speed)."""
     hnsw_m: int = 32
     """``hnsw``: graph neighbours per node."""
-    hnsw_ef_construction: int = 80
+    hnsw_ef_construction: int = 40
     """``hnsw``: candidate list size while building (build time vs graph quality)."""
     hnsw_ef_search: int = 128
     """``hnsw``: candidate list size per query (recall vs speed; at least the number fetched)."""
