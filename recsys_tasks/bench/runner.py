@@ -52,7 +52,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         source = RunPaths(Path(args.run_dir).resolve())
         import pyarrow.parquet as pq
 
-        main_run = subset_run(source, work / "main_run", pq.read_metadata(source.user_features).num_rows)
+        available = pq.read_metadata(source.user_features).num_rows
+        main_run = subset_run(source, work / "main_run", min(args.run_dir_users or available, available))
     elif args.resume and RunPaths(work / "scale_run").dlrm.exists():
         main_run = RunPaths(work / "scale_run")
     else:
@@ -161,6 +162,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=1_000_000, help="synthetic users (all are scored)")
     parser.add_argument("--items", type=int, default=100_000, help="synthetic catalog size")
     parser.add_argument("--run-dir", help="benchmark this pipeline run's models and tables instead of synthetic ones")
+    parser.add_argument("--run-dir-users", type=int, default=0,
+                        help="with --run-dir: score only the first this many users (default: all)")
     parser.add_argument("--work-dir", default="bench_work", help="synthetic inputs and outputs go here")
     parser.add_argument("--out", default="bench.json", help="the JSON results file")
     parser.add_argument("--redis-url", default="", help="Redis with RedisJSON (default: start a local one)")
