@@ -85,7 +85,8 @@ def measure_approximate(paths: RunPaths, sample_users: int, top_ks: tuple[int, .
 
     scoring = scoring or Config().scoring
     catalog = load_catalog(paths)
-    ranker = make_ranker(load_dlrm(paths.dlrm), catalog, rank_batch_rows)
+    # Without a ranking model (a run stopped after fit_retrieval) only the candidates are compared.
+    ranker = make_ranker(load_dlrm(paths.dlrm), catalog, rank_batch_rows) if paths.dlrm.exists() else None
     rows = np.arange(min(sample_users, catalog.num_users))
     results: dict[str, Any] = {"users": len(rows), "items": catalog.num_items, "top_n": top_n,
                                "settings": _index_settings(scoring), "by_k": {}}
@@ -107,7 +108,7 @@ def measure_approximate(paths: RunPaths, sample_users: int, top_ks: tuple[int, .
                 "users_per_s": _rate(len(rows), seconds),
                 "speedup_vs_exact": round(len(rows) / seconds / entry["exact_users_per_s"], 2),
                 "candidate_recall": round(candidate_recall(candidates, exact[k]), 4),
-                "top_n_overlap": round(list_overlap(ranker, rows, candidates, exact[k], n), 4),
+                "top_n_overlap": round(list_overlap(ranker, rows, candidates, exact[k], n), 4) if ranker else None,
                 "top_n": n,
             }
             log.info("approximate %s K=%d: %s", kind, k, entry[kind])

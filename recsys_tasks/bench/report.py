@@ -57,7 +57,11 @@ def _kernel_rows(rk: dict[str, Any], rt: dict[str, Any]) -> list[str]:
     ]
 
 
-def _approximate_rows(a: dict[str, Any]) -> list[str]:
+def _overlap(value: float | None) -> str:
+    return "n/a (no DLRM)" if value is None else f"{value:.3f}"
+
+
+def approximate_rows(a: dict[str, Any]) -> list[str]:
     rows = []
     for k, entry in a["by_k"].items():
         for kind in ("ivf", "hnsw"):
@@ -65,8 +69,8 @@ def _approximate_rows(a: dict[str, Any]) -> list[str]:
             rows.append(
                 f"| retrieval, K={k}, {kind} on the run's embeddings ({a['items']:,} items) (users/s) | "
                 f"{e['users_per_s']:,.0f} (recall {e['candidate_recall']:.3f}, top-{e['top_n']} overlap "
-                f"{e['top_n_overlap']:.3f}, built in {e['build_seconds']:,.0f}s) | {entry['exact_users_per_s']:,.0f} "
-                f"(exact) | {e['speedup_vs_exact']:.1f}x | | |")
+                f"{_overlap(e['top_n_overlap'])}, built in {e['build_seconds']:,.0f}s) | "
+                f"{entry['exact_users_per_s']:,.0f} (exact) | {e['speedup_vs_exact']:.1f}x | | |")
     return rows
 
 
@@ -89,7 +93,7 @@ def markdown_table(results: dict[str, Any]) -> str:
     rows += _scoring_rows(results["scoring"])
     rows += _kernel_rows(results["ranking"], results["retrieval"])
     if "approximate" in results:
-        rows += _approximate_rows(results["approximate"])
+        rows += approximate_rows(results["approximate"])
     if "large_catalog" in results:
         rows += large_catalog_rows(results["large_catalog"])
     r, m = results["redis"], results["memory"]

@@ -187,6 +187,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--large-catalog-items", type=int, default=1_000_000,
                         help="synthetic catalog size for approximate vs exact retrieval only (0: skip)")
     parser.add_argument("--large-catalog-users", type=int, default=4096, help="users queried on that catalog")
+    parser.add_argument("--approximate-only", action="store_true",
+                        help="with --run-dir: measure only approximate vs exact retrieval on that run's embeddings")
     parser.add_argument("--large-catalog-only", action="store_true",
                         help="measure only approximate vs exact retrieval on the large synthetic catalog")
     parser.add_argument("--seed", type=int, default=7)
@@ -206,7 +208,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                      Path(args.child_out), args.child_kernel)
         return 0
     start_load = loadavg()
-    if args.large_catalog_only:
+    if args.approximate_only:
+        # Approximate vs exact retrieval on a run's embeddings alone (list overlap too when it has a DLRM).
+        from .report import approximate_rows
+
+        results = {"approximate": measure_approximate(RunPaths(Path(args.run_dir)), args.ann_users,
+                                                      (NOTEBOOK_K, args.top_k), args.top_n, args.chunk_users,
+                                                      args.rank_batch_rows),
+                   "loadavg_start": start_load, "loadavg_end": loadavg()}
+        table = "\n".join(approximate_rows(results["approximate"]))
+    elif args.large_catalog_only:
         # Retrieval on a large synthetic catalog alone (no models needed): its own JSON and table rows.
         from .report import large_catalog_rows
 
