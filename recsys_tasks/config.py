@@ -124,7 +124,7 @@ class ScoringConfig:
     GPU); same lists either way. Approximate (FAISS, :mod:`recsys_tasks.ann`): ``ivf`` or ``hnsw``.
     ``auto``: ``tensorflow`` when TensorFlow sees a GPU; on a CPU ``tiled`` below ``ann_min_items``
     items and ``ann_kernel`` from there on."""
-    ann_kernel: str = "hnsw"
+    ann_kernel: str = "ivf"
     """The approximate kernel ``auto`` uses on a CPU for catalogs of ``ann_min_items`` or more."""
     ann_min_items: int = 200_000
     """Catalog size from which ``auto`` retrieves approximately on a CPU (measured: see README)."""

@@ -122,7 +122,8 @@ def planted_like_vectors(rng: np.random.Generator, count: int, centers: np.ndarr
 
 
 def measure_large_catalog(items: int, sample_users: int, k: int, chunk_users: int, seed: int = 11,
-                          scoring: ScoringConfig | None = None, dim: int = 64) -> dict[str, Any]:
+                          scoring: ScoringConfig | None = None, dim: int = 64,
+                          kinds: tuple[str, ...] = KINDS) -> dict[str, Any]:
     """Retrieval only, on a synthetic ``items``-item catalog: exact kernel vs each index kind."""
     from ..scoring import Catalog, attach_index
 
@@ -144,7 +145,7 @@ def measure_large_catalog(items: int, sample_users: int, k: int, chunk_users: in
     exact, seconds = _timed_retrieval(catalog, rows, k, "tiled", chunk_users)
     results: dict[str, Any] = {"items": items, "users": sample_users, "k": k, "settings": _index_settings(scoring),
                                "exact_users_per_s": _rate(sample_users, seconds)}
-    for kind in KINDS:
+    for kind in kinds:
         started = time.perf_counter()
         attach_index(catalog, kind, scoring)
         build_s = time.perf_counter() - started

@@ -189,6 +189,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--large-catalog-users", type=int, default=4096, help="users queried on that catalog")
     parser.add_argument("--approximate-only", action="store_true",
                         help="with --run-dir: measure only approximate vs exact retrieval on that run's embeddings")
+    parser.add_argument("--large-catalog-kinds", default="ivf,hnsw", help="index kinds measured on that catalog")
     parser.add_argument("--large-catalog-only", action="store_true",
                         help="measure only approximate vs exact retrieval on the large synthetic catalog")
     parser.add_argument("--seed", type=int, default=7)
@@ -222,7 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .report import large_catalog_rows
 
         results = {"large_catalog": measure_large_catalog(args.large_catalog_items, args.large_catalog_users,
-                                                          args.top_k, args.chunk_users),
+                                                          args.top_k, args.chunk_users,
+                                                          kinds=tuple(args.large_catalog_kinds.split(","))),
                    "loadavg_start": start_load, "loadavg_end": loadavg()}
         table = "\n".join(large_catalog_rows(results["large_catalog"]))
     else:
