@@ -96,6 +96,8 @@ def markdown_table(results: dict[str, Any]) -> str:
         rows += approximate_rows(results["approximate"])
     if "large_catalog" in results:
         rows += large_catalog_rows(results["large_catalog"])
+    if "redis" not in results:  # an interrupted run: what was measured so far
+        return "\n".join(rows)
     r, m = results["redis"], results["memory"]
     rows += [
         f"| Redis load vs ceiling (keys/s) | {r['ours_keys_per_s']:,.0f} | "

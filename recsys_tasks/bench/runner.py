@@ -103,6 +103,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     ann_run = subset("k20_ann_run", k20_users)
     ours_ann = child(ann_run, NOTEBOOK_K, NOTEBOOK_K, "k20_ann", args.ann_kernel)
     ours_ann["overlap_with_exact"] = list_overlap_files(ann_run.recommendations, k20_run.recommendations)
+    ours_ann["retrieval_kernel"] = args.ann_kernel
     results["scoring"]["ours_k20_approximate"] = ours_ann
     results["scoring"]["ratio_k20_approximate"] = round(ours_ann["users_per_s"] / notebook["users_per_s"], 1)
     checkpoint()
