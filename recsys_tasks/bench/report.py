@@ -25,7 +25,8 @@ def _scoring_rows(s: dict[str, Any]) -> list[str]:
         with_build = ann["users"] / max(ann.get("stage_seconds", ann["seconds"]), 1e-9)
         rows += [
             f"| scoring, K=N=20, approximate ({ann['retrieval_kernel']}) (users/s) | {ann['users_per_s']:,.0f} "
-            f"({with_build:,.0f} counting model load, planning and the index build) | {nb['users_per_s']:,.2f} (notebook) | "
+            f"({with_build:,.0f} counting model load, planning and the index build) | "
+            f"{nb['users_per_s']:,.2f} (notebook) | "
             f"{s['ratio_k20_approximate']:,.0f}x | >= 1000x | "
             f"{_ok(s['ratio_k20_approximate'] >= TARGETS['scoring_ratio_k20_approximate'])} |",
             f"| final top-20 overlap, approximate vs exact scoring | {overlap:.4f} | 1 | | >= 0.98 | "
