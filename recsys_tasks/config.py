@@ -67,7 +67,7 @@ class DataConfig:
 
 
 DASK_CLUSTERS = ("none", "local", "local_cuda")
-RETRIEVAL_KERNELS = ("auto", "tiled", "tensorflow")
+RETRIEVAL_KERNELS = ("auto", "tiled", "tensorflow", "ivf", "hnsw")
 
 
 @dataclass(frozen=True)
@@ -131,9 +131,30 @@ class ScoringConfig:
     rank_batch_rows: int = 16_384
     """(user, item) pairs per DLRM call."""
     retrieval_kernel: str = "auto"
-    """``tiled`` (CPU: BLAS on cache-sized tiles folded into a running top-k, :mod:`recsys_tasks.topk`),
-    ``tensorflow`` (one matrix product per chunk, seen items masked, ``tf.math.top_k``: fastest on a
-    GPU) or ``auto``: ``tiled`` when TensorFlow sees no GPU, else ``tensorflow``. Same lists either way."""
+    """Exact: ``tiled`` (CPU: BLAS on cache-sized tiles folded into a running top-k, :mod:`recsys_tasks.topk`)
+    or ``tensorflow`` (one matrix product per chunk, seen items masked, ``tf.math.top_k``: fastest on a
+    GPU); same lists either way. Approximate (FAISS, :mod:`recsys_tasks.ann`): ``ivf`` or ``hnsw``.
+    ``auto``: ``tensorflow`` when TensorFlow sees a GPU; on a CPU ``tiled`` below ``ann_min_items``
+    items and ``ann_kernel`` from there on."""
+    ann_kernel: str = "ivf"
+    """The approximate kernel ``auto`` uses on a CPU for catalogs of ``ann_min_items`` or more."""
+    ann_min_items: int = 200_000
+    """Catalog size from which ``auto`` retrieves approximately on a CPU (measured: see README)."""
+    ann_threads: int = 0
+    """FAISS OpenMP threads for building and searching the index; 0: the cores this process may use."""
+    ivf_lists: int = 0
+    """``ivf``: k-means cells; 0 = 4 x sqrt(items)."""
+    ivf_probe: int = 64
+    """``ivf``: cells searched per query (recall vs speed)."""
+    hnsw_m: int = 32
+    """``hnsw``: graph neighbours per node."""
+    hnsw_ef_construction: int = 40
+    """``hnsw``: candidate list size while building (build time vs graph quality)."""
+    hnsw_ef_search: int = 128
+    """``hnsw``: candidate list size per query (recall vs speed; at least the number fetched)."""
+    factored_ranking: bool = True
+    """Rank with the DLRM split into per-user, per-item and cross parts (:mod:`recsys_tasks.dlrm_parts`;
+    same scores up to float rounding); ``false``, or a model of another shape, runs the whole model per pair."""
     num_shards: int = 1
     """Users are split into this many contiguous shards, scored independently (one mapped Airflow task
     each, so several GPU workers score in parallel) and written as one recommendations part per shard."""
@@ -407,6 +428,17 @@ def _validate(config: Config) -> None:
             f"got {config.scoring.retrieval_kernel!r}",
         ),
         (config.scoring.num_shards >= 1, f"scoring.num_shards must be >= 1, got {config.scoring.num_shards}"),
+        (
+            config.scoring.ann_kernel in ("ivf", "hnsw"),
+            f"scoring.ann_kernel must be ivf or hnsw, got {config.scoring.ann_kernel!r}",
+        ),
+        (config.scoring.ann_min_items >= 0, "scoring.ann_min_items must be >= 0"),
+        (config.scoring.ann_threads >= 0, "scoring.ann_threads must be >= 0"),
+        (config.scoring.ivf_lists >= 0, "scoring.ivf_lists must be >= 0"),
+        (config.scoring.ivf_probe >= 1, "scoring.ivf_probe must be >= 1"),
+        (config.scoring.hnsw_m >= 2, "scoring.hnsw_m must be >= 2"),
+        (config.scoring.hnsw_ef_construction >= 1, "scoring.hnsw_ef_construction must be >= 1"),
+        (config.scoring.hnsw_ef_search >= 1, "scoring.hnsw_ef_search must be >= 1"),
         (
             config.transform.dask_cluster in DASK_CLUSTERS,
             f"transform.dask_cluster must be one of {', '.join(DASK_CLUSTERS)}; got {config.transform.dask_cluster!r}",

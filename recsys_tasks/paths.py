@@ -139,6 +139,10 @@ class RunPaths:
     def shard_summary(self, shard_index: int) -> Path:
         return self.scoring_shards / f"shard-{shard_index:05d}.json"
 
+    def ann_index(self, kind: str) -> Path:
+        """The run's approximate-retrieval index (built by the scoring plan, read by every shard)."""
+        return self.scoring_shards / f"index-{kind}.faiss"
+
     # evaluate
     @property
     def evaluation(self) -> Path:

@@ -42,6 +42,8 @@ class Catalog:
     seen_indptr: np.ndarray
     """CSR over user rows: ``seen_items[seen_indptr[u]:seen_indptr[u + 1]]`` are user row u's clicks."""
     seen_items: np.ndarray
+    ann_index: Any = None
+    """The FAISS index of :mod:`recsys_tasks.ann` when scoring retrieves approximately."""
 
     @property
     def num_users(self) -> int:
@@ -127,13 +129,33 @@ def load_catalog(paths: RunPaths) -> Catalog:
     )
 
 
-def retrieval_kernel(requested: str) -> str:
-    """The retrieval implementation to use: ``tiled`` on a CPU, ``tensorflow`` on a GPU (for ``auto``)."""
+def retrieval_kernel(requested: str, num_items: int = 0, settings: Any = None) -> str:
+    """The retrieval implementation to use for ``scoring.retrieval_kernel=requested``.
+
+    ``auto``: ``tensorflow`` on a GPU; on a CPU ``tiled`` (exact) for catalogs below
+    ``settings.ann_min_items`` and ``settings.ann_kernel`` (approximate) from there on.
+    """
     if requested != "auto":
         return requested
     from .common import device
 
-    return "tiled" if device() == "cpu" else "tensorflow"
+    if device() != "cpu":
+        return "tensorflow"
+    if settings is not None and num_items >= settings.ann_min_items:
+        return settings.ann_kernel
+    return "tiled"
+
+
+def attach_index(catalog: Catalog, kind: str, settings: Any, path: Path | None = None) -> None:
+    """Give the catalog its approximate index: read from ``path`` when given, else built in memory."""
+    from .ann import IndexSettings, build_index, read_index, set_threads
+
+    index_settings = IndexSettings.from_config(kind, settings)
+    set_threads(settings.ann_threads)
+    if path is not None:
+        catalog.ann_index = read_index(path, index_settings, catalog.num_items)
+    else:
+        catalog.ann_index = build_index(catalog.item_embeddings, index_settings, settings.ann_threads)
 
 
 def retrieve(catalog: Catalog, user_rows: np.ndarray, k: int, kernel: str = "auto") -> tuple[np.ndarray, np.ndarray]:
@@ -144,9 +166,23 @@ def retrieve(catalog: Catalog, user_rows: np.ndarray, k: int, kernel: str = "aut
     (score descending, lower item row first among equal scores). ``kernel`` (see
     :func:`retrieval_kernel`): ``tiled`` is :mod:`recsys_tasks.topk` (CPU), ``tensorflow`` one matrix
     product, seen items set to -inf, ``tf.math.top_k`` (what a GPU does fastest). Both give the same lists.
+    ``ivf`` and ``hnsw`` search ``catalog.ann_index`` (:mod:`recsys_tasks.ann`): approximate candidates,
+    exact scores, the same conventions.
     """
     k = min(k, catalog.num_items)
-    if retrieval_kernel(kernel) == "tiled":
+    kernel = retrieval_kernel(kernel)
+    if kernel in ("ivf", "hnsw"):
+        from .ann import AnnIndexError, top_k_unseen_approximate
+
+        if catalog.ann_index is None:
+            raise AnnIndexError(f"retrieval kernel {kernel!r} needs the run's index (scoring.attach_index)")
+        user_rows = np.asarray(user_rows, dtype=np.int64)
+        return top_k_unseen_approximate(
+            catalog.ann_index, catalog.user_embeddings[user_rows], catalog.item_embeddings, k,
+            catalog.seen_indptr, catalog.seen_items, user_rows,
+            lambda positions: retrieve(catalog, user_rows[positions], k, "tiled"),
+        )
+    if kernel == "tiled":
         from .topk import top_k_unseen
 
         return top_k_unseen(catalog.user_embeddings[user_rows], catalog.packed_items, catalog.num_items, k,
@@ -218,10 +254,16 @@ def score_chunk(
     catalog: Catalog, model: Any, user_rows: np.ndarray, top_k: int, top_n: int, rank_batch_rows: int,
     kernel: str = "auto",
 ) -> dict[str, Any]:
-    """Recommendations for one chunk of users: raw user ids, raw item ids best first, DLRM scores."""
+    """Recommendations for one chunk of users: raw user ids, raw item ids best first, DLRM scores.
+
+    ``model`` is the DLRM (run whole on every pair) or a ranker of :mod:`recsys_tasks.dlrm_parts`.
+    """
     candidate_rows, _ = retrieve(catalog, user_rows, top_k, kernel)
-    ranked = rank_pairs(model, pair_features(catalog, user_rows, candidate_rows), rank_batch_rows)
-    ranked = ranked.reshape(candidate_rows.shape)
+    if callable(model) and not hasattr(model, "predict"):
+        ranked = model(user_rows, candidate_rows)
+    else:
+        ranked = rank_pairs(model, pair_features(catalog, user_rows, candidate_rows), rank_batch_rows)
+        ranked = ranked.reshape(candidate_rows.shape)
     ranked[candidate_rows < 0] = -np.inf
     # Stable sort keeps retrieval order between equal DLRM scores.
     order = np.argsort(-ranked, axis=1, kind="stable")[:, :top_n]
@@ -288,6 +330,22 @@ def plan_shards(config: Config, run_dir: str | Path) -> dict[str, Any]:
     paths.fresh(paths.recommendations)
     paths.fresh(paths.scoring_shards)
     plan = {"num_shards": num_shards, "users": int(users), "shards": list(range(num_shards))}
+    items = pq.read_metadata(require(paths.item_embeddings, "fit_retrieval")).num_rows
+    kernel = retrieval_kernel(config.scoring.retrieval_kernel, items, config.scoring)
+    if kernel in ("ivf", "hnsw"):
+        # One index per run: built here once, read by every shard (HNSW built by several threads is
+        # not bit-reproducible, so shards building their own could disagree).
+        from .ann import IndexSettings, build_index, write_index
+
+        item_embeddings = _embedding_matrix(
+            paths.item_embeddings, "item_id",
+            pq.read_table(require(paths.item_features, "fit_retrieval"), columns=["item_id"])["item_id"].to_numpy(),
+        )
+        index = build_index(item_embeddings, IndexSettings.from_config(kernel, config.scoring),
+                            config.scoring.ann_threads)
+        write_index(index, paths.ann_index(kernel))
+        plan["ann_index"] = str(paths.ann_index(kernel))
+    plan["retrieval_kernel"] = kernel
     write_json(paths.scoring_plan, plan)
     log.info("scoring plan: %d users in %d shard(s)", users, num_shards)
     return plan
@@ -308,14 +366,19 @@ def _score_part(
     schema = recommendations_schema()
     target = paths.recommendation_part(shard_index)
     tmp = target.with_suffix(".parquet.tmp")
-    kernel = retrieval_kernel(settings.retrieval_kernel)
+    kernel = retrieval_kernel(settings.retrieval_kernel, catalog.num_items, settings)
+    if kernel in ("ivf", "hnsw") and catalog.ann_index is None:
+        attach_index(catalog, kind=kernel, settings=settings, path=require(paths.ann_index(kernel), "score (planning)"))
+    from .dlrm_parts import make_ranker
+
+    ranker = make_ranker(model, catalog, settings.rank_batch_rows, settings.factored_ranking)
     log.info("shard %d/%d: %d users, retrieval kernel %s", shard_index + 1, num_shards, len(rows), kernel)
     users_done, short_lists, started = 0, 0, time.perf_counter()
     next_report = started
     with pq.ParquetWriter(tmp, schema) as writer:
         for chunk_start in range(0, len(rows), settings.user_chunk_size):
             user_rows = rows[chunk_start:chunk_start + settings.user_chunk_size]
-            chunk = score_chunk(catalog, model, user_rows, settings.top_k, settings.top_n, settings.rank_batch_rows,
+            chunk = score_chunk(catalog, ranker, user_rows, settings.top_k, settings.top_n, settings.rank_batch_rows,
                                 kernel)
             writer.write_table(pa.Table.from_pydict(chunk, schema=schema))
             users_done += len(user_rows)

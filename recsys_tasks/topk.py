@@ -115,3 +115,41 @@ def top_k_unseen(queries: np.ndarray, packed_items: np.ndarray, num_items: int, 
         _top_k_tiles(queries, packed_items, num_items, seen_indptr, seen_items,
                      np.asarray(catalog_rows, dtype=np.int64), user_tile, best_scores, best_items)
     return best_items, best_scores
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _matmul_tiles(queries: np.ndarray, packed: np.ndarray, user_tile: int) -> float:
+    users = queries.shape[0]
+    tiles, _, width = packed.shape
+    total = 0.0
+    for task in prange((users + user_tile - 1) // user_tile):
+        first = task * user_tile
+        last = min(first + user_tile, users)
+        scores = np.empty((last - first, width), dtype=np.float32)
+        block = queries[first:last]
+        for tile in range(tiles):
+            np.dot(block, packed[tile], scores)
+        total += scores[0, 0]
+    return total
+
+
+def matmul_only(queries: np.ndarray, packed_items: np.ndarray, user_tile: int = USER_TILE) -> None:
+    """The kernel's matrix products alone (same tiles, BLAS and threads, no top-k): the bench's ceiling."""
+    import scipy.linalg.cython_blas  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        _matmul_tiles(np.ascontiguousarray(queries, dtype=np.float32), packed_items, user_tile)
+
+
+def kernel_threads() -> dict[str, object]:
+    """What the kernel runs on: numba's thread count and layer, and the BLAS its ``np.dot`` calls."""
+    import numba
+    import scipy.linalg.cython_blas  # noqa: F401
+    from threadpoolctl import threadpool_info
+
+    blas = [i for i in threadpool_info() if i.get("user_api") == "blas" and "scipy" in i.get("filepath", "")]
+    info = blas[0] if blas else {}
+    return {"numba_threads": numba.get_num_threads(), "numba_threading_layer": numba.config.THREADING_LAYER,
+            "blas": f"{info.get('internal_api', '?')} {info.get('version', '')} ({info.get('architecture', '')}), "
+                    "1 thread per numba thread"}

@@ -97,7 +97,8 @@ def test_bench_runs_end_to_end_and_reports_every_figure(pipeline_run, redis_serv
         "--redis-url", redis_server.url, "--memory-users", "50", "--notebook-users", "6", "--notebook-keys", "50",
         "--ranking-users", "50", "--retrieval-users", "100", "--redis-benchmark-requests", "5000",
         "--top-k", str(config.scoring.top_k), "--top-n", str(config.scoring.top_n), "--chunk-users", "64",
-        "--rank-batch-rows", "500",
+        "--rank-batch-rows", "500", "--ann-users", "60", "--large-catalog-items", "3000",
+        "--large-catalog-users", "40",
     ])
     assert code == 0
     results = json.loads(out.read_text())
@@ -117,7 +118,26 @@ def test_bench_runs_end_to_end_and_reports_every_figure(pipeline_run, redis_serv
         results["redis"]["ratio_to_notebook"], results["memory"]["small"]["peak_rss_mb"],
         results["memory"]["large"]["peak_rss_mb"], results["memory"]["ratio"], results["end_to_end"]["total_seconds"],
     ]
+    approximate = results["approximate"]["by_k"][str(config.scoring.top_k)]
+    large = results["large_catalog"]
+    figures += [
+        scoring["ours_k20_approximate"]["users_per_s"], scoring["ratio_k20_approximate"],
+        results["ranking"]["whole_model_pairs_per_s"], results["retrieval"]["matmul_ceiling_users_per_s"],
+        results["retrieval"]["sgemm_gflops"], approximate["exact_users_per_s"], large["exact_users_per_s"],
+        *(approximate[kind]["users_per_s"] for kind in ("ivf", "hnsw")),
+        *(large[kind]["users_per_s"] for kind in ("ivf", "hnsw")),
+    ]
     assert all(isinstance(f, int | float) and f > 0 for f in figures), figures
+    # The split DLRM ranks exactly as the model does on the bench's sample.
+    assert results["ranking"]["max_abs_difference_vs_predict"] <= 1e-5
+    ranked = results["ranking"]["identical_top_lists"]
+    assert ranked["identical"] == ranked["users"] == 50
+    # Tiny catalogs: the indexes find (nearly) every exact candidate, and the final lists follow.
+    assert scoring["ours_k20_approximate"]["overlap_with_exact"]["mean_overlap"] >= 0.95
+    for kind in ("ivf", "hnsw"):
+        assert approximate[kind]["candidate_recall"] >= 0.9 and approximate[kind]["top_n_overlap"] >= 0.9
+        assert large[kind]["candidate_recall"] >= 0.8
+    assert results["inputs"]["loadavg_start"] and "Load average" in results["markdown"]
     assert results["memory"]["small"]["users"] == 50
     assert results["markdown"].startswith("| measure |") and "redis-benchmark" in results["markdown"]
     # The benchmark cleans up after itself and never touched the run it measured.
