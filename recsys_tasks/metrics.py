@@ -13,6 +13,7 @@ Relevant items are held as CSR arrays (``indptr``, ``items``: user u's items are
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -165,3 +166,24 @@ class RowLookup:
             return np.full(len(query), -1, dtype=np.int64)
         position = np.minimum(np.searchsorted(self._sorted, query), len(self._sorted) - 1)
         return np.where(self._sorted[position] == query, self._order[position], -1).astype(np.int64)
+
+
+@dataclass
+class Relevant:
+    """Relevant items per evaluated user, CSR: user ``eval_users[u]`` has ``items[indptr[u]:indptr[u + 1]]``."""
+
+    eval_users: np.ndarray
+    indptr: np.ndarray
+    items: np.ndarray
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+
+def relevant_items(user_rows: np.ndarray, item_rows: np.ndarray, seen: np.ndarray, num_items: int) -> Relevant:
+    """Validation clicks grouped by user row, minus items the user clicked in training (all vectorised)."""
+    keys = np.unique(user_rows.astype(np.int64) * num_items + item_rows)
+    keys = keys[~np.isin(keys, seen)]
+    users, counts = np.unique(keys // num_items, return_counts=True)
+    return Relevant(users, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), keys % num_items)
