@@ -223,8 +223,9 @@ def task_rows(summaries: dict[str, dict[str, Any]], shards: list[dict[str, Any]]
         if s is None:
             continue
         resources = s.get("resources", {})
-        if name == "score" and shards:
-            resources = max((sh.get("resources", {}) for sh in shards), key=lambda r: r.get("peak_rss_bytes") or 0)
+        shard_resources = [sh["resources"] for sh in shards if sh.get("resources", {}).get("peak_rss_bytes")]
+        if name == "score" and shard_resources:  # the mapped tasks: the busiest shard's process
+            resources = max(shard_resources, key=lambda r: r["peak_rss_bytes"])
         unit, rows = rows_of(name, s)
         seconds = float(s["seconds"])
         out.append({

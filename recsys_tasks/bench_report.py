@@ -76,6 +76,10 @@ def _fmt(value: Any, spec: str = "") -> str:
     return format(value, spec) if spec else str(value)
 
 
+def _interval(bounds: list[float] | None) -> str:
+    return "" if not bounds else f"[{bounds[0]:.4f}, {bounds[1]:.4f}]"
+
+
 def targets(points: list[dict[str, Any]], sweep_slopes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The issue's targets against the largest point measured (met / not met / not measured)."""
     if not points:
@@ -127,10 +131,11 @@ def markdown(results: dict[str, Any]) -> str:
                          f"{_fmt(t['cpu_per_wall'])} |")
         quality = point.get("quality", {})
         if quality.get("recall_at_10") is not None:
-            lines += ["", f"Quality: recall@10 {quality['recall_at_10']:.4f} {quality.get('recall_at_10_ci95')} "
+            recall_ci = _interval(quality.get("recall_at_10_ci95"))
+            lines += ["", f"Quality: recall@10 {quality['recall_at_10']:.4f} {recall_ci} "
                       f"(popularity {quality['popularity_recall_at_10']:.4f}, oracle "
                       f"{_fmt(quality.get('oracle_recall_at_10'), '.4f')}), AUC {quality['auc']:.4f} "
-                      f"{quality.get('auc_ci95')}, on {quality['users_evaluated']} users; gate passed: "
+                      f"{_interval(quality.get('auc_ci95'))}, on {quality['users_evaluated']} users; gate passed: "
                       f"{quality.get('gate_passed')}."]
         if point.get("throughput"):
             lines += ["", "| training | rows | batch | Merlin Loader samples/s | plain model.fit samples/s | ratio |",

@@ -44,16 +44,18 @@ def stage_functions() -> dict[str, Any]:
 def run_stage(name: str, config: Config, run_dir: Path, *, redis_client: Any = None, run_id: str = "manual",
               logical_date: str = "") -> dict[str, Any]:
     if name == "load_redis":
-        from .common import memory_usage, reset_peak_rss, write_summary
+        from .common import cpu_seconds, load_average, memory_usage, reset_peak_rss, write_summary
         from .paths import RunPaths
         from .store import load_redis
 
         if redis_client is None:
             raise ValueError("the load_redis stage needs a Redis client")
-        reset_ok = reset_peak_rss()
+        reset_ok, cpu_at_start = reset_peak_rss(), cpu_seconds()
         summary = load_redis(config, run_dir, redis_client, run_id=run_id, logical_date=logical_date)
         # The other stages record this in their @stage wrapper; the load's summary gets it here.
-        return write_summary(RunPaths(Path(run_dir)), name, {**summary, "resources": memory_usage(reset_ok, None)})
+        resources = {**memory_usage(reset_ok, None), "cpu_seconds": round(cpu_seconds() - cpu_at_start, 2),
+                     "loadavg": load_average()}
+        return write_summary(RunPaths(Path(run_dir)), name, {**summary, "resources": resources})
     return stage_functions()[name](config, run_dir)
 
 
