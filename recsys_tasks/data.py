@@ -267,7 +267,8 @@ def planted_parts(settings: DataConfig, part_rows: int) -> tuple[PlantedTruth, I
         # Impressions, independent of taste; clicks from the click model.
         user_rows = rng.choice(n_users, size=rows, p=user_weights)
         item_rows = rng.choice(n_items, size=rows, p=item_exposure)
-        raw_logits = truth.click_logit(user_rows, item_rows)
+        # Without the intercept: it is calibrated on these logits (first part) and added below.
+        raw_logits = truth.click_logit(user_rows, item_rows) - truth.intercept
         if calibrate:
             truth.intercept = _calibrate_intercept(raw_logits, settings.click_rate)
         click_probability = 1.0 / (1.0 + np.exp(-(truth.intercept + raw_logits)))
