@@ -168,6 +168,10 @@ def run_dag(point_dir: Path, env: dict[str, str], seed: int, label: str, deadlin
             stopped.set()
             print(f"[{label}] deadline of {deadline_s:.0f}s reached: stopping the DAG (pid {process.pid})", flush=True)
             process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:  # airflow dags test may not stop on SIGTERM mid-task
+                process.kill()
 
         timer = threading.Timer(deadline_s, stop_at_deadline) if deadline_s > 0 else None
         if timer is not None:
