@@ -357,9 +357,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = None
     redis_url = args.redis_url
     if not redis_url:
+        import tempfile
+
         from .local_redis import LocalRedis, free_port
 
-        server = LocalRedis(free_port(), args.out / "redis").start()
+        # Its own directory (pid file): several bench-pipeline commands may share --out.
+        server = LocalRedis(free_port(), Path(tempfile.mkdtemp(prefix="redis-", dir=args.out))).start()
         redis_url = server.url
     incomplete = []
     try:
