@@ -3,7 +3,8 @@
 ``run`` runs all seven stages in order; ``fetch USER_ID`` prints one published document;
 ``make-partitions --root DIR --start YYYY-MM-DD --days N`` writes planted daily partitions; ``bench``
 measures scoring and loading against the notebook's method (``python -m recsys_tasks bench --help``);
-``bench-store`` the load into a Redis Cluster vs one Redis vs ``redis-benchmark --cluster``. Redis is
+``bench-store`` the load into a Redis Cluster vs one Redis vs ``redis-benchmark --cluster``;
+``bench-pipeline`` runs the whole DAG at a preset size or a sweep of sizes, measured task by task. Redis is
 reached through ``--redis-url`` (default: the ``RECSYS_REDIS_URL`` environment variable).
 """
 
@@ -45,11 +46,18 @@ def stage_functions() -> dict[str, Any]:
 def run_stage(name: str, config: Config, run_dir: Path, *, redis_client: Any = None, run_id: str = "manual",
               logical_date: str = "") -> dict[str, Any]:
     if name == "load_redis":
+        from .common import cpu_seconds, load_average, memory_usage, reset_peak_rss, write_summary
+        from .paths import RunPaths
         from .store import load_redis
 
         if redis_client is None:
             raise ValueError("the load_redis stage needs a Redis client")
-        return load_redis(config, run_dir, redis_client, run_id=run_id, logical_date=logical_date)
+        reset_ok, cpu_at_start = reset_peak_rss(), cpu_seconds()
+        summary = load_redis(config, run_dir, redis_client, run_id=run_id, logical_date=logical_date)
+        # The other stages record this in their @stage wrapper; the load's summary gets it here.
+        resources = {**memory_usage(reset_ok, None), "cpu_seconds": round(cpu_seconds() - cpu_at_start, 2),
+                     "loadavg": load_average()}
+        return write_summary(RunPaths(Path(run_dir)), name, {**summary, "resources": resources})
     return stage_functions()[name](config, run_dir)
 
 
@@ -95,6 +103,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
         from .bench_store import main as bench_store_main
 
         return bench_store_main(argv[1:])
+    if argv[:1] == ["bench-pipeline"]:
+        from .bench_pipeline import main as bench_pipeline_main
+
+        return bench_pipeline_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m recsys_tasks", description=__doc__)
     parser.add_argument("command", choices=[*STAGES, "run", "fetch", "show", "make-partitions"])
     parser.add_argument("user_id", nargs="?", type=int, help="raw user id (fetch only)")

@@ -48,6 +48,8 @@ class DataConfig:
     """``planted``: weight of taste affinity in the click logit (0 makes clicks ignore taste)."""
     popularity_exponent: float = 0.4
     """``planted``: item exposure follows rank ** -exponent (long tail)."""
+    part_rows: int = 2_000_000
+    """``planted``: impressions drawn and written per raw parquet part (memory follows this, not num_rows)."""
     train_path: str = ""
     """``parquet``: a raw training parquet file or a directory of them."""
     valid_path: str = ""
@@ -80,6 +82,9 @@ class TransformConfig:
     dask_workers: int = 0
     """Workers of the local cluster; 0 lets Dask decide (one per GPU for ``local_cuda``, per core group
     for ``local``)."""
+    part_size: str = "128MB"
+    """In-memory size of the partitions NVTabular transforms and both fits' Merlin ``Loader`` read at a
+    time (a Dask/Merlin size string): what bounds those stages' memory as the data grows."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,10 @@ class RetrievalConfig:
 
     tower_dims: tuple[int, ...] = (128, 64)
     """MLP layers of each tower; the last one is the embedding size."""
-    optimizer: str = "adam"
+    optimizer: str = "lazy_adam"
+    """``lazy_adam`` (Adam that updates only the embedding rows a batch looked up, see
+    :func:`recsys_tasks.common.lazy_adam_class`: the step cost does not grow with the number of users) or
+    any Keras optimizer name (``adam`` rewrites every embedding row on every step)."""
     batch_size_rows: int = 512
     """The notebook uses 4096 and 2 epochs: on 100,000 impressions (~7,000 clicks) that is 4 gradient
     steps and the towers learn nothing (loss flat at log(4096)); 512 x 8 epochs learns the planted taste."""
@@ -109,7 +117,8 @@ class RankingConfig:
     embedding_dim: int = 64
     bottom_dims: tuple[int, ...] = (128, 64)
     top_dims: tuple[int, ...] = (128, 64, 32)
-    optimizer: str = "adam"
+    optimizer: str = "lazy_adam"
+    """As ``retrieval.optimizer``."""
     batch_size_rows: int = 1024
     """The notebook uses 16k: 13 steps in 3 epochs on 70,000 training rows and the AUC stays at 0.51."""
     epochs: int = 3
@@ -205,6 +214,12 @@ class EvaluateConfig:
     """Retrieval cut-offs k of recall@k / ndcg@k; ``scoring.top_k`` is always added."""
     plots: bool = True
     """Write the PNG plots and ``report.md`` next to ``report.json``."""
+    sample_users: int = 50_000
+    """Validation users (known from training) the metrics are computed on, a seeded sample; every such user
+    when there are fewer, and 0 means all. Bounds the stage's time and memory; each metric reports its 95%
+    interval over the sample."""
+    sample_seed: int = 42
+    """Seed of that sample (the same users are evaluated on every rerun of a run)."""
 
 
 @dataclass(frozen=True)
@@ -380,6 +395,7 @@ def _validate(config: Config) -> None:
             config.data.source in DATA_SOURCES,
             f"data.source must be one of {sorted(DATA_SOURCES)}, got {config.data.source!r}",
         ),
+        (config.data.part_rows > 0, f"data.part_rows must be > 0, got {config.data.part_rows}"),
         (config.data.num_users > 0, f"data.num_users must be > 0, got {config.data.num_users}"),
         (config.data.num_items > 0, f"data.num_items must be > 0, got {config.data.num_items}"),
         (0.0 < config.data.click_rate < 1.0, f"data.click_rate must be in (0, 1), got {config.data.click_rate}"),
@@ -407,6 +423,7 @@ def _validate(config: Config) -> None:
             all(k >= 1 for k in config.evaluate.cutoffs),
             f"evaluate.cutoffs must all be >= 1, got {config.evaluate.cutoffs}",
         ),
+        (config.evaluate.sample_users >= 0, f"evaluate.sample_users must be >= 0, got {config.evaluate.sample_users}"),
         (config.quality.min_recall_lift >= 0, "quality.min_recall_lift must be >= 0"),
         (0.0 <= config.quality.min_ranking_auc <= 1.0, "quality.min_ranking_auc must be in [0, 1]"),
         (0.0 <= config.quality.min_user_coverage <= 1.0, "quality.min_user_coverage must be in [0, 1]"),
@@ -444,6 +461,7 @@ def _validate(config: Config) -> None:
             f"transform.dask_cluster must be one of {', '.join(DASK_CLUSTERS)}; got {config.transform.dask_cluster!r}",
         ),
         (config.transform.dask_workers >= 0, "transform.dask_workers must be >= 0"),
+        (bool(config.transform.part_size.strip()), "transform.part_size must not be empty (e.g. 128MB)"),
         (config.store.ttl_s > 0, f"store.ttl_s must be > 0, got {config.store.ttl_s}"),
         (config.store.pipeline_chunk_keys > 0, "store.pipeline_chunk_keys must be > 0"),
         (bool(config.store.key_prefix), "store.key_prefix must not be empty"),

@@ -18,6 +18,7 @@ Three sources (``data.source``):
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,16 @@ def _calibrate_intercept(scores: np.ndarray, click_rate: float) -> float:
 def generate_planted(settings: DataConfig) -> tuple[Any, PlantedTruth]:
     """All impressions (one frame, Merlin's ``aliccp-raw`` columns and dtypes) and the truth behind them.
 
+    See :func:`planted_parts` for the click model; this is its single-part case.
+    """
+    truth, parts = planted_parts(settings, settings.num_rows)
+    return next(parts), truth
+
+
+def planted_parts(settings: DataConfig, part_rows: int) -> tuple[PlantedTruth, Iterator[Any]]:
+    """The truth, and the impressions as frames of at most ``part_rows`` rows (Merlin's ``aliccp-raw``
+    columns and dtypes), generated one after another so memory follows the part size, not ``num_rows``.
+
     The click model: ``P(click | user u shown item i) = sigmoid(a + s * <u, v_i> + b_i)`` where
 
     * item i belongs to a category (sizes have a mild long tail) and a brand within it; its taste
@@ -200,6 +211,10 @@ def generate_planted(settings: DataConfig) -> tuple[Any, PlantedTruth]:
 
     Impressions pick users by a log-normal activity weight and items by a Zipf-like exposure
     (``data.popularity_exponent``), independently of taste: clicks alone carry the preference.
+
+    The intercept is calibrated on the first part (all rows when there is one part), so ``truth`` is
+    complete once the first part has been drawn. One part of ``num_rows`` rows is exactly
+    :func:`generate_planted`'s frame.
     """
     import pandas as pd
 
@@ -238,10 +253,6 @@ def generate_planted(settings: DataConfig) -> tuple[Any, PlantedTruth]:
     )
     activity = rng.lognormal(0.0, 1.0, n_users)
 
-    # Impressions, independent of taste; clicks from the click model.
-    rows = settings.num_rows
-    user_rows = rng.choice(n_users, size=rows, p=activity / activity.sum())
-    item_rows = rng.choice(n_items, size=rows, p=item_exposure)
     truth = PlantedTruth(
         user_ids=np.arange(1, n_users + 1, dtype=np.int64),
         item_ids=np.arange(1, n_items + 1, dtype=np.int64),
@@ -252,54 +263,71 @@ def generate_planted(settings: DataConfig) -> tuple[Any, PlantedTruth]:
         signal_strength=settings.signal_strength,
         intercept=0.0,
     )
-    raw_logits = truth.click_logit(user_rows, item_rows)
-    truth.intercept = _calibrate_intercept(raw_logits, settings.click_rate)
-    click_probability = 1.0 / (1.0 + np.exp(-(truth.intercept + raw_logits)))
-    click = (rng.random(rows) < click_probability).astype(np.int64)
-    conversion = click * (rng.random(rows) < 0.1)
+    user_weights = activity / activity.sum()
 
-    # Per-user and per-item attributes (raw values start at 1, as in Merlin's generator).
-    user_ids = truth.user_ids[user_rows]
-    item_ids = truth.item_ids[item_rows]
-    u_cat, u_brand = user_category[user_rows] + 1, user_brand[user_rows] + 1
-    i_cat, i_brand, i_shop = item_category[item_rows] + 1, item_brand[item_rows] + 1, item_shop[item_rows] + 1
-    u_age, u_gender = user_age[user_rows], user_gender[user_rows]
-    user_shop = (user_category * shops_per_category + (np.arange(n_users) % shops_per_category))[user_rows] + 1
-    consumption = (np.arange(n_users) % 3 + 1)[user_rows]
-    columns = {
-        "user_id": user_ids,
-        "user_shops": user_shop,
-        "user_profile": segment[user_rows] + 1,
-        "user_group": (segment[user_rows] // 2) + 1,
-        "user_gender": u_gender,
-        "user_age": u_age,
-        "user_consumption_1": consumption,
-        "user_consumption_2": consumption,
-        "user_is_occupied": (np.arange(n_users) % 2 + 1)[user_rows],
-        "user_geography": (np.arange(n_users) % 4 + 1)[user_rows],
-        "user_intentions": u_cat,
-        "user_brands": u_brand,
-        "user_categories": u_cat,
-        "item_id": item_ids,
-        "item_category": i_cat,
-        "item_shop": i_shop,
-        "item_brand": i_brand,
-        "item_intention": i_cat,
-        "user_item_categories": (u_cat - 1) * n_categories + i_cat,
-        "user_item_shops": user_shop * 1000 + i_shop,
-        "user_item_brands": (u_brand - 1) * len(brand_category) + i_brand,
-        "user_item_intentions": (u_cat - 1) * n_categories + i_cat,
-        "position": rng.integers(0, 4, rows),
-        "click": click,
-        "conversion": conversion,
-    }
-    frame = pd.DataFrame({c: np.asarray(columns[c]).astype(d) for c, d in ALICCP_RAW_DTYPES.items()})
-    return frame, truth
+    def part(rows: int, calibrate: bool) -> Any:
+        # Impressions, independent of taste; clicks from the click model.
+        user_rows = rng.choice(n_users, size=rows, p=user_weights)
+        item_rows = rng.choice(n_items, size=rows, p=item_exposure)
+        # Without the intercept: it is calibrated on these logits (first part) and added below.
+        raw_logits = truth.click_logit(user_rows, item_rows) - truth.intercept
+        if calibrate:
+            truth.intercept = _calibrate_intercept(raw_logits, settings.click_rate)
+        click_probability = 1.0 / (1.0 + np.exp(-(truth.intercept + raw_logits)))
+        click = (rng.random(rows) < click_probability).astype(np.int64)
+        conversion = click * (rng.random(rows) < 0.1)
+
+        # Per-user and per-item attributes (raw values start at 1, as in Merlin's generator).
+        user_ids = truth.user_ids[user_rows]
+        item_ids = truth.item_ids[item_rows]
+        u_cat, u_brand = user_category[user_rows] + 1, user_brand[user_rows] + 1
+        i_cat, i_brand, i_shop = item_category[item_rows] + 1, item_brand[item_rows] + 1, item_shop[item_rows] + 1
+        u_age, u_gender = user_age[user_rows], user_gender[user_rows]
+        user_shop = (user_category * shops_per_category + (np.arange(n_users) % shops_per_category))[user_rows] + 1
+        consumption = (np.arange(n_users) % 3 + 1)[user_rows]
+        columns = {
+            "user_id": user_ids,
+            "user_shops": user_shop,
+            "user_profile": segment[user_rows] + 1,
+            "user_group": (segment[user_rows] // 2) + 1,
+            "user_gender": u_gender,
+            "user_age": u_age,
+            "user_consumption_1": consumption,
+            "user_consumption_2": consumption,
+            "user_is_occupied": (np.arange(n_users) % 2 + 1)[user_rows],
+            "user_geography": (np.arange(n_users) % 4 + 1)[user_rows],
+            "user_intentions": u_cat,
+            "user_brands": u_brand,
+            "user_categories": u_cat,
+            "item_id": item_ids,
+            "item_category": i_cat,
+            "item_shop": i_shop,
+            "item_brand": i_brand,
+            "item_intention": i_cat,
+            "user_item_categories": (u_cat - 1) * n_categories + i_cat,
+            "user_item_shops": user_shop * 1000 + i_shop,
+            "user_item_brands": (u_brand - 1) * len(brand_category) + i_brand,
+            "user_item_intentions": (u_cat - 1) * n_categories + i_cat,
+            "position": rng.integers(0, 4, rows),
+            "click": click,
+            "conversion": conversion,
+        }
+        return pd.DataFrame({c: np.asarray(columns[c]).astype(d) for c, d in ALICCP_RAW_DTYPES.items()})
+
+    def parts() -> Iterator[Any]:
+        for start in range(0, settings.num_rows, part_rows):
+            yield part(min(part_rows, settings.num_rows - start), calibrate=start == 0)
+
+    return truth, parts()
 
 
-def split_rows(frame: Any, valid_fraction: float, seed: int) -> tuple[Any, Any]:
-    """A seeded random row split, like Merlin's ``set_sizes``."""
-    rng = np.random.default_rng(seed + 1)
+def split_rows(frame: Any, valid_fraction: float, seed: int, rng: Any = None) -> tuple[Any, Any]:
+    """A seeded random row split, like Merlin's ``set_sizes``.
+
+    Pass one ``rng`` (``default_rng(seed + 1)``) for consecutive parts: the parts of a frame then split
+    exactly as the whole frame would.
+    """
+    rng = np.random.default_rng(seed + 1) if rng is None else rng
     is_valid = rng.random(len(frame)) < valid_fraction
     return frame[~is_valid].reset_index(drop=True), frame[is_valid].reset_index(drop=True)
 
@@ -386,6 +414,38 @@ def _read_partitions(settings: DataConfig, paths: RunPaths) -> dict[str, Any]:
     log.info("window %s..%s: train %s, valid %s", window["start_date"], window["end_date"],
              window["train_days"], window["valid_days"])
     return {"splits": splits, "window": window}
+def _write_planted(settings: DataConfig, paths: RunPaths) -> dict[str, Any]:
+    """Planted impressions, ``data.part_rows`` at a time, each part split and written as it is drawn."""
+    import time
+
+    truth, parts = planted_parts(settings, settings.part_rows)
+    split_rng = np.random.default_rng(settings.seed + 1)
+    totals = {name: {"rows": 0, "clicks": 0} for name in ("train", "valid")}
+    seen_users = {name: np.zeros(settings.num_users + 1, dtype=bool) for name in totals}
+    seen_items = {name: np.zeros(settings.num_items + 1, dtype=bool) for name in totals}
+    for directory in (paths.raw_train, paths.raw_valid):
+        directory.mkdir(parents=True, exist_ok=True)
+    started, done = time.perf_counter(), 0
+    for index, frame in enumerate(parts):
+        train, valid = split_rows(frame, settings.valid_fraction, settings.seed, rng=split_rng)
+        for name, part, target in (("train", train, paths.raw_train), ("valid", valid, paths.raw_valid)):
+            check_raw_frame(part, f"generated {name} data (part {index})")
+            part.to_parquet(target / f"part_{index}.parquet", index=False)
+            totals[name]["rows"] += len(part)
+            totals[name]["clicks"] += int(part["click"].sum())
+            seen_users[name][part["user_id"].to_numpy()] = True
+            seen_items[name][part["item_id"].to_numpy()] = True
+        done += len(frame)
+        log.info("planted data: %d/%d impressions written (%.0f rows/s)", done, settings.num_rows,
+                 done / max(time.perf_counter() - started, 1e-9))
+    truth.save(paths.truth)
+    splits = {
+        name: {"rows": totals[name]["rows"], "users": int(seen_users[name].sum()),
+               "items": int(seen_items[name].sum()), "clicks": totals[name]["clicks"]}
+        for name in totals
+    }
+    return {"splits": splits, "parts": index + 1, "truth": str(paths.truth),
+            "click_model": {"intercept": round(truth.intercept, 4), "signal_strength": truth.signal_strength}}
 
 
 @stage("generate_data")
@@ -413,16 +473,11 @@ def generate_data(config: Config, paths: RunPaths) -> dict[str, Any]:
             users = pd.concat([pd.read_parquet(f, columns=["user_id"]) for f in files])["user_id"].nunique()
             counts[name]["users"] = int(users)
         summary["splits"] = counts
+    elif settings.source == "planted":
+        summary.update(_write_planted(settings, paths))
     else:
-        if settings.source == "merlin":
-            seed_everything(settings.seed)
-            train, valid = _merlin_frames(settings)
-        else:
-            frame, truth = generate_planted(settings)
-            train, valid = split_rows(frame, settings.valid_fraction, settings.seed)
-            truth.save(paths.truth)
-            summary["truth"] = str(paths.truth)
-            summary["click_model"] = {"intercept": round(truth.intercept, 4), "signal_strength": truth.signal_strength}
+        seed_everything(settings.seed)
+        train, valid = _merlin_frames(settings)
         counts = {}
         for name, frame, target in (("train", train, paths.raw_train), ("valid", valid, paths.raw_valid)):
             check_raw_frame(frame, f"generated {name} data")

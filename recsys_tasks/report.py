@@ -139,14 +139,27 @@ def _window(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _interval(bounds: list[float] | None) -> str:
+    return "" if not bounds else f" [{bounds[0]:.4f}, {bounds[1]:.4f}]"
+
+
+def _with_ci(method: dict[str, Any], metric: str, k: str) -> str:
+    return f"{method[metric][k]:.4f}{_interval(method.get(f'{metric}_ci95', {}).get(k))}"
+
+
 def markdown(report: dict[str, Any], *, plots: bool = True) -> str:
     retrieval, ranking, lists = report["retrieval"], report["ranking"], report["lists"]
     cutoffs = [str(k) for k in retrieval["cutoffs"]]
     methods = [m for m in ("model", "popularity", "oracle") if retrieval.get(m)]
+    sample = retrieval.get("sample", {})
     lines = [
         "# Run report",
         "",
-        f"Data source: `{report['source']}`. Numbers are also in `../report.json`.",
+        f"Data source: `{report['source']}`. Numbers are also in `../report.json`. Every metric is computed "
+        f"on a seeded sample of {sample.get('users_sampled', '?')} of the "
+        f"{sample.get('known_users_in_validation', '?')} "
+        "validation users known from training (all of them when there are fewer than `evaluate.sample_users`); "
+        "brackets hold its 95% interval (normal approximation over users; AUC by Hanley & McNeil).",
         "",
         *_window(report),
         f"## Retrieval (full catalog, {retrieval['users_evaluated']} users with validation clicks)",
@@ -156,7 +169,7 @@ def markdown(report: dict[str, Any], *, plots: bool = True) -> str:
     ]
     for method in methods:
         cells = " | ".join(
-            f"{retrieval[method]['recall'][k]:.4f} | {retrieval[method]['ndcg'][k]:.4f}" for k in cutoffs
+            f"{_with_ci(retrieval[method], 'recall', k)} | {_with_ci(retrieval[method], 'ndcg', k)}" for k in cutoffs
         )
         lines.append(f"| {method} | {cells} |")
     lines += [
@@ -165,8 +178,10 @@ def markdown(report: dict[str, Any], *, plots: bool = True) -> str:
         "",
         "## Ranking (validation impressions)",
         "",
-        f"DLRM AUC {ranking['auc']:.4f}, log loss {ranking['log_loss']:.4f} ({_base_rate(ranking)}); "
-        f"popularity AUC {ranking['popularity_auc']:.4f}.",
+        f"DLRM AUC {ranking['auc']:.4f}{_interval(ranking.get('auc_ci95'))}, log loss {ranking['log_loss']:.4f}"
+        f"{_interval(ranking.get('log_loss_ci95'))} ({_base_rate(ranking)}); popularity AUC "
+        f"{ranking['popularity_auc']:.4f}{_interval(ranking.get('popularity_auc_ci95'))}, "
+        f"on {ranking['rows']} validation impressions.",
         "",
         f"![training loss]({PLOTS['loss']})",
         "",
@@ -174,8 +189,10 @@ def markdown(report: dict[str, Any], *, plots: bool = True) -> str:
         "",
         f"## Published lists (N = {lists['top_n']})",
         "",
-        f"- recall@N {lists['recall_at_n']:.4f} / ndcg@N {lists['ndcg_at_n']:.4f} for the ranked lists, "
-        f"{lists['retrieval_order_recall_at_n']:.4f} / {lists['retrieval_order_ndcg_at_n']:.4f} in retrieval order",
+        f"- recall@N {lists['recall_at_n']:.4f}{_interval(lists.get('recall_at_n_ci95'))} / ndcg@N "
+        f"{lists['ndcg_at_n']:.4f} for the ranked lists, {lists['retrieval_order_recall_at_n']:.4f}"
+        f"{_interval(lists.get('retrieval_order_recall_at_n_ci95'))} / {lists['retrieval_order_ndcg_at_n']:.4f} "
+        f"in retrieval order ({lists.get('users_evaluated', '?')} sampled users)",
         f"- {lists['users_with_list']} lists for {lists['catalog_users']} known users "
         f"(coverage {lists['user_coverage']:.4f}), full lists {lists['full_list_share']:.4f}",
         f"- catalog coverage {lists['catalog_coverage']:.4f}, Gini of item exposure {lists['exposure_gini']:.4f}",

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import get_logger, make_optimizer, quiet_tensorflow, seed_everything, stage
+from .common import get_logger, make_optimizer, parquet_rows, quiet_tensorflow, seed_everything, stage
 from .config import Config, RetrievalConfig
 from .features import build_feature_tables
 from .paths import RunPaths, require
+from .training import fit_streaming, parquet_dataset
 from .transform import RAW_ID_COLUMNS, TARGET
 
 log = get_logger("fit_retrieval")
@@ -50,7 +51,8 @@ def build_two_tower(schema: Any, settings: RetrievalConfig) -> Any:
         optimizer=make_optimizer(settings.optimizer, settings.learning_rate),
         run_eagerly=False,
         loss="categorical_crossentropy",
-        metrics=[mm.RecallAt(settings.eval_k), mm.NDCGAt(settings.eval_k)],
+        # No top-k metrics in training: with in-batch negatives they would rank only the batch's items
+        # (and fail on a batch smaller than k); recall/ndcg are measured over the full catalog instead.
     )
     return model
 
@@ -88,6 +90,27 @@ def click_log_frequency(clicks_dir: Any, item_ids: Any) -> Any:
     return np.log((per_item + 1.0) / (per_item.sum() + len(item_ids)))
 
 
+def full_catalog_metrics(model: Any, item_embeddings: Any, valid: Any, schema: Any, k: int) -> dict[str, float]:
+    """recall@k and ndcg@k of the query tower over every item's embedding, on the validation clicks.
+
+    A ``TopKEncoder`` ranks the whole catalog for each validation click, so the number of candidates per
+    example is the catalog size whatever the batch; every validation row counts (no ``drop_last``).
+    """
+    import merlin.models.tf as mm
+    from merlin.io import Dataset
+
+    top_k_encoder = mm.TopKEncoder(
+        model.query_encoder,
+        candidates=Dataset(item_embeddings.set_index("item_id")),
+        k=k,
+        target="item_id",
+    )
+    top_k_encoder.compile(run_eagerly=False)
+    eval_loader = mm.Loader(valid, batch_size=EVAL_BATCH_ROWS, shuffle=False).map(mm.ToTarget(schema, "item_id"))
+    evaluated = top_k_encoder.evaluate(eval_loader, return_dict=True, verbose=0)
+    return {f"recall_at_{k}": float(evaluated[f"recall_at_{k}"]), f"ndcg_at_{k}": float(evaluated[f"ndcg_at_{k}"])}
+
+
 def embeddings_frame(ids: Any, vectors: Any, id_column: str) -> Any:
     import pandas as pd
 
@@ -101,19 +124,20 @@ def fit_retrieval(config: Config, paths: RunPaths) -> dict[str, Any]:
     quiet_tensorflow()
     settings = config.retrieval
     seed_everything(settings.seed)
-    import merlin.models.tf as mm
-    from merlin.io import Dataset
     from merlin.schema.tags import Tags
 
-    train = Dataset(str(require(paths.retrieval_train, "transform") / "*.parquet"), engine="parquet")
-    valid = Dataset(str(require(paths.retrieval_valid, "transform") / "*.parquet"), engine="parquet")
+    part_size = config.transform.part_size
+    train = parquet_dataset(require(paths.retrieval_train, "transform"), part_size)
+    valid = parquet_dataset(require(paths.retrieval_valid, "transform"), part_size)
     schema = model_schema(train)
     train.schema = schema
     valid.schema = schema
 
+    rows = parquet_rows(paths.retrieval_train)
     model = build_two_tower(schema, settings)
-    history = model.fit(train, batch_size=settings.batch_size_rows, epochs=settings.epochs, verbose=0)
-    losses = [round(float(v), 6) for v in history.history["loss"]]
+    trained = fit_streaming(model, train, rows, batch_size_rows=settings.batch_size_rows, epochs=settings.epochs,
+                            what=f"fit_retrieval ({paths.retrieval_train})")
+    losses = trained["loss_per_epoch"]
     log.info("two-tower loss per epoch: %s", losses)
 
     paths.fresh(paths.retrieval)
@@ -140,25 +164,14 @@ def fit_retrieval(config: Config, paths: RunPaths) -> dict[str, Any]:
     # a top-k encoder over every item's tower embedding (without the popularity correction, which the
     # query tower does not produce), scored on validation clicks. The evaluate stage scores the exported,
     # corrected embeddings that scoring uses.
-    top_k_encoder = mm.TopKEncoder(
-        model.query_encoder,
-        candidates=Dataset(item_embeddings.set_index("item_id")),
-        k=settings.eval_k,
-        target="item_id",
-    )
-    top_k_encoder.compile(run_eagerly=False)
-    eval_loader = mm.Loader(valid, batch_size=EVAL_BATCH_ROWS, shuffle=False).map(mm.ToTarget(schema, "item_id"))
-    evaluated = top_k_encoder.evaluate(eval_loader, return_dict=True, verbose=0)
-    metrics = {
-        f"recall_at_{settings.eval_k}": float(evaluated[f"recall_at_{settings.eval_k}"]),
-        f"ndcg_at_{settings.eval_k}": float(evaluated[f"ndcg_at_{settings.eval_k}"]),
-    }
+    metrics = full_catalog_metrics(model, item_embeddings, valid, schema, settings.eval_k)
     log.info("full-catalog evaluation on validation clicks: %s", metrics)
     model.query_encoder.save(str(paths.query_tower))
 
     return {
         "metrics": metrics,
-        "loss_per_epoch": losses,
+        "train_rows": rows,
+        **trained,
         "users": int(len(user_table)),
         "items": int(len(item_table)),
         "embedding_dim": int(item_embeddings.shape[1] - 1),

@@ -24,7 +24,18 @@ from typing import Any
 
 import numpy as np
 
-from .common import InputDataError, get_logger, quiet_tensorflow, stage, write_json, write_summary
+from .common import (
+    InputDataError,
+    cpu_seconds,
+    get_logger,
+    load_average,
+    memory_usage,
+    quiet_tensorflow,
+    reset_peak_rss,
+    stage,
+    write_json,
+    write_summary,
+)
 from .config import Config
 from .features import ITEM_COLUMNS, USER_COLUMNS, read_processed
 from .paths import RunPaths, require
@@ -439,9 +450,12 @@ def score_shard(config: Config, run_dir: str | Path, shard_index: int) -> dict[s
     shard_rows(plan["users"], plan["num_shards"], shard_index)  # a bad index fails before the model loads
     used = device()
     log.info("stage score starting on %s (shard %d of %d) in %s", used, shard_index, plan["num_shards"], paths.root)
+    reset_ok, cpu_at_start = reset_peak_rss(), cpu_seconds()
     catalog, model = _load_inputs(paths, config.scoring)
     _check_plan_matches(paths, plan, catalog)
-    summary = {"device": used, **_score_part(catalog, model, config.scoring, paths, shard_index, plan["num_shards"])}
+    summary = {"device": used, **_score_part(catalog, model, config.scoring, paths, shard_index, plan["num_shards"]),
+               "resources": {**memory_usage(reset_ok, None), "cpu_seconds": round(cpu_seconds() - cpu_at_start, 2),
+                             "loadavg": load_average()}}
     write_json(paths.shard_summary(shard_index), summary)
     log.info("stage score done in %.1fs (shard %d of %d): %d users", summary["seconds"], shard_index,
              plan["num_shards"], summary["users"])

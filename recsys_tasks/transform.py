@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .common import InputDataError, get_logger, stage
+from .common import InputDataError, get_logger, parquet_rows, stage
 from .config import Config, ConfigError, TransformConfig
 from .data import RAW_COLUMNS
 from .paths import RunPaths, require
@@ -139,11 +139,11 @@ def transform(config: Config, paths: RunPaths) -> dict[str, Any]:
     train_files = check_raw_parquet(require(paths.raw_train, "generate_data"))
     valid_files = check_raw_parquet(require(paths.raw_valid, "generate_data"))
     with dask_cluster(config.transform) as cluster:
-        summary = _transform(paths, train_files, valid_files)
+        summary = _transform(paths, train_files, valid_files, config.transform.part_size)
     return {**summary, **cluster}
 
 
-def _transform(paths: RunPaths, train_files: list[Path], valid_files: list[Path]) -> dict[str, Any]:
+def _transform(paths: RunPaths, train_files: list[Path], valid_files: list[Path], part_size: str) -> dict[str, Any]:
     import nvtabular as nvt
     from merlin.io import Dataset
     from nvtabular import ops
@@ -153,8 +153,10 @@ def _transform(paths: RunPaths, train_files: list[Path], valid_files: list[Path]
     for directory in (paths.retrieval_train, paths.retrieval_valid):
         paths.fresh(directory)
 
-    raw_train = Dataset([str(f) for f in train_files], engine="parquet")
-    raw_valid = Dataset([str(f) for f in valid_files], engine="parquet")
+    # Partitions of part_size are read, transformed and written one after another (or by the cluster's
+    # workers): memory follows the partition size, not the data size.
+    raw_train = Dataset([str(f) for f in train_files], engine="parquet", part_size=part_size)
+    raw_valid = Dataset([str(f) for f in valid_files], engine="parquet", part_size=part_size)
     workflow = build_workflow(paths.categories)
     workflow.fit(raw_train)
     workflow.transform(raw_train).to_parquet(str(paths.train), out_files_per_proc=1)
@@ -163,15 +165,15 @@ def _transform(paths: RunPaths, train_files: list[Path], valid_files: list[Path]
     paths.workflow.rmdir()
     workflow.save(str(paths.workflow))
 
-    processed_train = Dataset(str(paths.train / "*.parquet"), engine="parquet")
-    processed_valid = Dataset(str(paths.valid / "*.parquet"), engine="parquet")
+    processed_train = Dataset(str(paths.train / "*.parquet"), engine="parquet", part_size=part_size)
+    processed_valid = Dataset(str(paths.valid / "*.parquet"), engine="parquet", part_size=part_size)
     clicks = nvt.Workflow(processed_train.schema.column_names >> ops.Filter(f=_clicked_only))
     clicks.fit(processed_train)
     clicks.transform(processed_train).to_parquet(str(paths.retrieval_train), out_files_per_proc=1)
     clicks.transform(processed_valid).to_parquet(str(paths.retrieval_valid), out_files_per_proc=1)
 
     rows = {
-        name: int(Dataset(str(directory / "*.parquet"), engine="parquet").to_ddf().shape[0].compute())
+        name: parquet_rows(directory)
         for name, directory in (
             ("train", paths.train),
             ("valid", paths.valid),
