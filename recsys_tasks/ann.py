@@ -71,10 +71,10 @@ class IndexSettings:
 def faiss_module() -> Any:
     try:
         import faiss
-    except ImportError as exc:  # pragma: no cover - faiss-cpu is a dependency
+    except ImportError as exc:  # pragma: no cover - the dev venv has it (extra `ann`)
         raise AnnIndexError(
             "scoring.retrieval_kernel ivf/hnsw needs FAISS: pip install -c constraints.txt faiss-cpu "
-            "(the GPU image ships its own FAISS build)"
+            "(this package's extra `ann`; the GPU image ships its own FAISS build)"
         ) from exc
     return faiss
 
