@@ -21,7 +21,7 @@ from conftest import REPO, TINY
 from stack_support import DAG_ID, AirflowApi, parse_time, stack_command, stack_env, stack_processes
 
 TASKS = {"generate_data", "transform", "fit_retrieval", "fit_ranking", "plan_scoring", "score", "collect_scores",
-         "evaluate", "load_redis"}
+         "evaluate", "load_redis", "prune_runs"}
 GPU_WORKERS = {"gpu-worker-1", "gpu-worker-2"}
 TRIGGERED = ("stack_test__2026-11-19", "2026-11-19T00:00:00Z", 4, 5)  # run id, date, shards, top_n
 BACKFILL_DATES = ("2026-11-20", "2026-11-21", "2026-11-22")
