@@ -234,7 +234,7 @@ def task_rows(summaries: dict[str, dict[str, Any]], shards: list[dict[str, Any]]
         seconds = float(s["seconds"])
         out.append({
             "task": name,
-            "seconds": round(seconds, 1),
+            "seconds": round(seconds, 3),
             "peak_rss_gb": _gb(resources.get("peak_rss_bytes")),
             "rss_at_start_gb": _gb(resources.get("rss_at_start_bytes")),
             "rows": int(rows),
