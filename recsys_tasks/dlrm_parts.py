@@ -12,6 +12,7 @@ user and once per unique candidate item of a chunk; per (user, candidate) pair o
 cross dot products, their share of the first layer and the rest of the MLP remain. The answer is the
 model's own up to float rounding (summation order): :func:`make_ranker` checks it against the model on
 sample pairs and falls back to the whole model (with a warning naming why) for any other architecture.
+The whole model on every pair (:func:`rank_pairs`) lives here too: the reference the split is held to.
 """
 
 from __future__ import annotations
@@ -234,6 +235,51 @@ class FactoredRanker:
         return out
 
 
+def pair_features(catalog: Any, user_rows: np.ndarray, item_rows: np.ndarray) -> dict[str, np.ndarray]:
+    """DLRM inputs for every (user, candidate) pair, flattened row-major: user-major, candidate-minor."""
+    k = item_rows.shape[1]
+    flat_users = np.repeat(user_rows, k)
+    flat_items = np.where(item_rows >= 0, item_rows, 0).reshape(-1)
+    features = {c: v[flat_users] for c, v in catalog.user_features.items() if c != "user_id_raw"}
+    features.update({c: v[flat_items] for c, v in catalog.item_features.items() if c != "item_id_raw"})
+    return features
+
+
+_COMPILED: dict[Any, tuple[Any, Any]] = {}
+
+
+def compiled_predict(model: Any, features: dict[str, np.ndarray]) -> Any:
+    """The model's forward pass as one ``tf.function`` (traced once per model and input dtypes).
+
+    Calling a Keras/Merlin model eagerly runs it layer by layer from Python; a traced graph is what
+    ``model.predict`` runs, without its per-call data-adapter overhead. The batch dimension is left
+    open so the last, shorter batch does not trigger a retrace.
+    """
+    import tensorflow as tf
+
+    key = (id(model), tuple(sorted((c, v.dtype.str) for c, v in features.items())))
+    cached = _COMPILED.get(key)
+    if cached is None or cached[0] is not model:
+        signature = {c: tf.TensorSpec([None, 1], tf.as_dtype(v.dtype), name=c) for c, v in features.items()}
+        fn = tf.function(lambda batch: model(batch, training=False), input_signature=[signature])
+        cached = _COMPILED[key] = (model, fn)
+    return cached[1]
+
+
+def rank_pairs(model: Any, features: dict[str, np.ndarray], batch_rows: int) -> np.ndarray:
+    """DLRM click probability for every pair, in batches of ``batch_rows``."""
+    total = len(next(iter(features.values())))
+    out = np.empty(total, dtype=np.float32)
+    if total == 0:
+        return out
+    predict = compiled_predict(model, features)
+    for start in range(0, total, batch_rows):
+        stop = min(start + batch_rows, total)
+        batch = {c: v[start:stop].reshape(-1, 1) for c, v in features.items()}
+        out[start:stop] = predict(batch).numpy().reshape(-1)
+    return out
+
+
 class WholeModelRanker:
     """The model itself on every pair (the reference, and the fallback for other architectures)."""
 
@@ -241,8 +287,6 @@ class WholeModelRanker:
         self.model, self.catalog, self.batch_rows = model, catalog, batch_rows
 
     def __call__(self, user_rows: np.ndarray, candidate_rows: np.ndarray) -> np.ndarray:
-        from .scoring import pair_features, rank_pairs
-
         scores = rank_pairs(self.model, pair_features(self.catalog, user_rows, candidate_rows), self.batch_rows)
         return scores.reshape(candidate_rows.shape)
 

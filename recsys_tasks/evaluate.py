@@ -218,8 +218,8 @@ def _oracle(paths: RunPaths, catalog: Any) -> Any:
 
 
 def _predict_ranking(paths: RunPaths, valid: Any, features: list[str], batch_rows: int) -> np.ndarray:
+    from .dlrm_parts import rank_pairs
     from .ranking import load_dlrm
-    from .scoring import rank_pairs
 
     model = load_dlrm(require(paths.dlrm, "fit_ranking"))
     inputs = {c: valid[c].to_numpy() for c in features}

@@ -37,6 +37,7 @@ from .common import (
     write_summary,
 )
 from .config import Config
+from .dlrm_parts import make_ranker, pair_features, rank_pairs
 from .features import ITEM_COLUMNS, USER_COLUMNS, read_processed
 from .paths import RunPaths, require
 
@@ -216,51 +217,6 @@ def retrieve(catalog: Catalog, user_rows: np.ndarray, k: int, kernel: str = "aut
     return top_rows, top_scores
 
 
-def pair_features(catalog: Catalog, user_rows: np.ndarray, item_rows: np.ndarray) -> dict[str, np.ndarray]:
-    """DLRM inputs for every (user, candidate) pair, flattened row-major: user-major, candidate-minor."""
-    k = item_rows.shape[1]
-    flat_users = np.repeat(user_rows, k)
-    flat_items = np.where(item_rows >= 0, item_rows, 0).reshape(-1)
-    features = {c: v[flat_users] for c, v in catalog.user_features.items() if c != "user_id_raw"}
-    features.update({c: v[flat_items] for c, v in catalog.item_features.items() if c != "item_id_raw"})
-    return features
-
-
-_COMPILED: dict[Any, tuple[Any, Any]] = {}
-
-
-def compiled_predict(model: Any, features: dict[str, np.ndarray]) -> Any:
-    """The model's forward pass as one ``tf.function`` (traced once per model and input dtypes).
-
-    Calling a Keras/Merlin model eagerly runs it layer by layer from Python; a traced graph is what
-    ``model.predict`` runs, without its per-call data-adapter overhead. The batch dimension is left
-    open so the last, shorter batch does not trigger a retrace.
-    """
-    import tensorflow as tf
-
-    key = (id(model), tuple(sorted((c, v.dtype.str) for c, v in features.items())))
-    cached = _COMPILED.get(key)
-    if cached is None or cached[0] is not model:
-        signature = {c: tf.TensorSpec([None, 1], tf.as_dtype(v.dtype), name=c) for c, v in features.items()}
-        fn = tf.function(lambda batch: model(batch, training=False), input_signature=[signature])
-        cached = _COMPILED[key] = (model, fn)
-    return cached[1]
-
-
-def rank_pairs(model: Any, features: dict[str, np.ndarray], batch_rows: int) -> np.ndarray:
-    """DLRM click probability for every pair, in batches of ``batch_rows``."""
-    total = len(next(iter(features.values())))
-    out = np.empty(total, dtype=np.float32)
-    if total == 0:
-        return out
-    predict = compiled_predict(model, features)
-    for start in range(0, total, batch_rows):
-        stop = min(start + batch_rows, total)
-        batch = {c: v[start:stop].reshape(-1, 1) for c, v in features.items()}
-        out[start:stop] = predict(batch).numpy().reshape(-1)
-    return out
-
-
 def score_chunk(
     catalog: Catalog, model: Any, user_rows: np.ndarray, top_k: int, top_n: int, rank_batch_rows: int,
     kernel: str = "auto",
@@ -380,7 +336,6 @@ def _score_part(
     kernel = retrieval_kernel(settings.retrieval_kernel, catalog.num_items, settings)
     if kernel in ("ivf", "hnsw") and catalog.ann_index is None:
         attach_index(catalog, kind=kernel, settings=settings, path=require(paths.ann_index(kernel), "score (planning)"))
-    from .dlrm_parts import make_ranker
 
     ranker = make_ranker(model, catalog, settings.rank_batch_rows, settings.factored_ranking)
     log.info("shard %d/%d: %d users, retrieval kernel %s", shard_index + 1, num_shards, len(rows), kernel)

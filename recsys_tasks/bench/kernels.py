@@ -17,9 +17,9 @@ def measure_ranking(paths: RunPaths, sample_users: int, k: int, batch_rows: int)
 
     Also checks that the three agree: scores within float rounding, and the same top lists.
     """
-    from ..dlrm_parts import FactoredRanker, make_ranker
+    from ..dlrm_parts import FactoredRanker, make_ranker, pair_features, rank_pairs
     from ..ranking import load_dlrm
-    from ..scoring import load_catalog, pair_features, rank_pairs, retrieve
+    from ..scoring import load_catalog, retrieve
 
     catalog = load_catalog(paths)
     model = load_dlrm(paths.dlrm)
