@@ -20,10 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,10 +34,6 @@ from .config import StoreConfig
 BENCH = StoreConfig(key_prefix="BENCH:U:", manifest_key="BENCH:MANIFEST", lock_key="BENCH:LOCK",
                     fallback_key="BENCH:FALLBACK", ttl_s=3600)
 PIPELINE = 64
-
-
-class BenchStoreError(RuntimeError):
-    pass
 
 
 def synthetic_recommendations(path: Path, users: int, top_n: int, seed: int) -> Path:
@@ -91,21 +85,12 @@ def measure_ours(client: Any, path: Path, chunk_keys: int) -> dict[str, Any]:
 
 
 def measure_redis_benchmark(port: int, document: str, requests: int, cluster: bool) -> dict[str, Any]:
-    binary = shutil.which("redis-benchmark")
-    if binary is None:
-        raise BenchStoreError("redis-benchmark is not installed (apt-get install redis-tools)")
+    from .bench.redis_load import redis_benchmark_keys_per_s
+
     key = "BENCH:{tag}:__rand_int__" if cluster else "BENCH:RB:__rand_int__"
-    command = [binary, *(["--cluster"] if cluster else []), "-h", "127.0.0.1", "-p", str(port), "-P", str(PIPELINE),
-               "-n", str(requests), "-r", str(requests), "--csv", "JSON.SET", key, "$", document]
-    result = subprocess.run(command, capture_output=True, text=True)
-    lines = [line for line in result.stdout.splitlines() if line.startswith('"')]
-    numbers = []
-    if len(lines) >= 2 and lines[0].startswith('"test"'):
-        numeric = lines[0].count(",")
-        numbers = re.findall(r"[0-9.]+", lines[-1].rsplit(",", numeric)[1])
-    if result.returncode != 0 or not numbers:
-        raise BenchStoreError(f"redis-benchmark failed: {result.stdout[-500:]} {result.stderr[-500:]}")
-    return {"keys_per_s": float(numbers[0]), "requests": requests, "pipeline": PIPELINE, "clients": 50}
+    args = [*(["--cluster"] if cluster else []), "-h", "127.0.0.1", "-p", str(port), "-P", str(PIPELINE),
+            "-n", str(requests), "-r", str(requests), "--csv", "JSON.SET", key, "$", document]
+    return {"keys_per_s": redis_benchmark_keys_per_s(args), "requests": requests, "pipeline": PIPELINE, "clients": 50}
 
 
 def typical_document(path: Path) -> str:

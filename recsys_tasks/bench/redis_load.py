@@ -34,33 +34,38 @@ def measure_notebook_redis(url: str, documents: list[tuple[str, dict[str, Any]]]
     return {"keys": len(documents), "keys_per_s": _rate(len(documents), elapsed)}
 
 
-def measure_redis_benchmark(url: str, document: str, requests: int) -> dict[str, Any]:
-    """``redis-benchmark -P 64`` of ``JSON.SET`` with a document of our size: the server's ceiling."""
-    from urllib.parse import urlparse
-
+def redis_benchmark_keys_per_s(args: list[str]) -> float:
+    """Requests/s of one ``redis-benchmark ... --csv <command>`` run (``args`` without the binary)."""
     binary = shutil.which("redis-benchmark")
     if binary is None:
         raise BenchError("redis-benchmark is not installed (apt-get install redis-tools)")
-    parsed = urlparse(url)
-    command = [binary, "-h", parsed.hostname or "127.0.0.1", "-p", str(parsed.port or 6379),
-               "-P", str(REDIS_BENCHMARK_PIPELINE), "-n", str(requests), "-r", str(max(requests, 1)), "--csv"]
-    if parsed.password:
-        command += ["-a", parsed.password, "--no-auth-warning"]
-    if parsed.path and parsed.path.strip("/"):
-        command += ["--dbnum", parsed.path.strip("/")]
-    command += ["JSON.SET", "BENCH:RB:__rand_int__", "$", document]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run([binary, *args], capture_output=True, text=True)
     # CSV: a header, then one row whose first field is the command line (quotes in the document are
     # not escaped), followed by the numeric fields; rps is the first of those.
-    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    lines = [line for line in result.stdout.splitlines() if line.startswith('"')]
     numbers = []
     if len(lines) >= 2 and lines[0].startswith('"test"'):
         numeric = lines[0].count(",")
         numbers = re.findall(r"[0-9.]+", lines[-1].rsplit(",", numeric)[1])
     if result.returncode != 0 or not numbers:
         raise BenchError(f"redis-benchmark failed: {result.stdout[-500:]} {result.stderr[-500:]}")
+    return float(numbers[0])
+
+
+def measure_redis_benchmark(url: str, document: str, requests: int) -> dict[str, Any]:
+    """``redis-benchmark -P 64`` of ``JSON.SET`` with a document of our size: the server's ceiling."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    args = ["-h", parsed.hostname or "127.0.0.1", "-p", str(parsed.port or 6379),
+            "-P", str(REDIS_BENCHMARK_PIPELINE), "-n", str(requests), "-r", str(max(requests, 1)), "--csv"]
+    if parsed.password:
+        args += ["-a", parsed.password, "--no-auth-warning"]
+    if parsed.path and parsed.path.strip("/"):
+        args += ["--dbnum", parsed.path.strip("/")]
+    args += ["JSON.SET", "BENCH:RB:__rand_int__", "$", document]
     return {"requests": requests, "pipeline": REDIS_BENCHMARK_PIPELINE, "clients": 50,
-            "keys_per_s": float(numbers[-1]), "document_bytes": len(document.encode())}
+            "keys_per_s": redis_benchmark_keys_per_s(args), "document_bytes": len(document.encode())}
 
 
 def delete_bench_keys(client: Any) -> None:
