@@ -168,8 +168,8 @@ def make_partitions(config: Config, root: Path, start: str, days: int, rows_per_
     """Planted impressions of one user/item population written as ``days`` daily partitions under ``root``."""
     import datetime
 
-    from .data import generate_planted
     from .partitions import write_partitions
+    from .planted import generate_planted
 
     if days < 1:
         raise ConfigError(f"--days must be >= 1, got {days}")

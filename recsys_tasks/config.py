@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Stage 1: raw Ali-CCP impressions (see ``recsys_tasks/data.py`` for the three sources)."""
+    """Stage 1: raw Ali-CCP impressions (``recsys_tasks/data.py``: the three sources; ``planted.py``: the generator)."""
 
     source: str = "planted"
     """``planted`` (synthetic, learnable, known truth), ``merlin`` (the notebook's random clicks) or
@@ -99,8 +99,14 @@ class RetrievalConfig:
     any Keras optimizer name (``adam`` rewrites every embedding row on every step)."""
     batch_size_rows: int = 512
     """The notebook uses 4096 and 2 epochs: on 100,000 impressions (~7,000 clicks) that is 4 gradient
-    steps and the towers learn nothing (loss flat at log(4096)); 512 x 8 epochs learns the planted taste."""
+    steps and the towers learn nothing (loss flat at log(4096)); batches of 512 learn the planted taste
+    within 2-3 epochs."""
     epochs: int = 8
+    """At most this many passes over the training clicks (see ``early_stopping_patience``)."""
+    early_stopping_patience: int = 1
+    """Stop after this many epochs without a lower validation loss (in-batch loss on the validation clicks)
+    and keep the best epoch's weights; 0 trains exactly ``epochs`` epochs. See ``recsys_tasks/training.py``:
+    how many epochs help depends on the data (8 at 2,000 users, 2 at 100,000 users on planted data)."""
     eval_k: int = 10
     """Cut-off of the full-catalog recall/ndcg evaluation."""
     seed: int = 42
@@ -122,6 +128,9 @@ class RankingConfig:
     batch_size_rows: int = 1024
     """The notebook uses 16k: 13 steps in 3 epochs on 70,000 training rows and the AUC stays at 0.51."""
     epochs: int = 3
+    """At most this many passes over the training impressions (see ``early_stopping_patience``)."""
+    early_stopping_patience: int = 1
+    """As ``retrieval.early_stopping_patience``, on the validation log loss."""
     seed: int = 42
     learning_rate: float = 0.001
     """Adam's step size."""

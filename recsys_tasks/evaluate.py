@@ -203,7 +203,7 @@ def popularity_scores(paths: RunPaths, items: RowLookup, num_items: int) -> np.n
 
 
 def _oracle(paths: RunPaths, catalog: Any) -> Any:
-    from .data import PlantedTruth
+    from .planted import PlantedTruth
 
     truth = PlantedTruth.load(paths.truth)
     truth_items = RowLookup(truth.item_ids).rows(catalog.item_features["item_id_raw"])

@@ -68,7 +68,8 @@ def fit_ranking(config: Config, paths: RunPaths) -> dict[str, Any]:
     rows = parquet_rows(paths.train)
     model = build_dlrm(schema, settings)
     trained = fit_streaming(model, train, rows, batch_size_rows=settings.batch_size_rows, epochs=settings.epochs,
-                            what=f"fit_ranking ({paths.train})")
+                            what=f"fit_ranking ({paths.train})", validation=valid,
+                            validation_rows=parquet_rows(paths.valid), patience=settings.early_stopping_patience)
     losses = trained["loss_per_epoch"]
     log.info("DLRM loss per epoch: %s", losses)
     metrics = validation_metrics(model, valid, settings.batch_size_rows)

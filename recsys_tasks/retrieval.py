@@ -136,7 +136,9 @@ def fit_retrieval(config: Config, paths: RunPaths) -> dict[str, Any]:
     rows = parquet_rows(paths.retrieval_train)
     model = build_two_tower(schema, settings)
     trained = fit_streaming(model, train, rows, batch_size_rows=settings.batch_size_rows, epochs=settings.epochs,
-                            what=f"fit_retrieval ({paths.retrieval_train})")
+                            what=f"fit_retrieval ({paths.retrieval_train})", validation=valid,
+                            validation_rows=parquet_rows(paths.retrieval_valid),
+                            patience=settings.early_stopping_patience)
     losses = trained["loss_per_epoch"]
     log.info("two-tower loss per epoch: %s", losses)
 

@@ -51,6 +51,32 @@ def redis_client(redis_server):
     client.close()
 
 
+@pytest.fixture(scope="module")
+def aof_redis(tmp_path_factory):
+    """A Redis (one per test module) that persists every acknowledged write (append-only file), so a test
+    can kill it and start it again with its data."""
+    from recsys_tasks.local_redis import LocalRedis, free_port
+
+    server = LocalRedis(free_port(), tmp_path_factory.mktemp("aof_redis"), appendonly=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aof_client(aof_redis):
+    """A client of ``aof_redis`` (started again if a test left it down), empty and without a memory limit."""
+    import redis
+
+    if not aof_redis.ping():
+        aof_redis.start()
+    client = redis.Redis(port=aof_redis.port)
+    client.config_set("maxmemory", 0)
+    client.flushdb()
+    yield client
+    client.config_set("maxmemory", 0)
+    client.close()
+
+
 @pytest.fixture(scope="session")
 def tiny_config(tmp_path_factory):
     from recsys_tasks.config import Config

@@ -16,8 +16,9 @@ import pytest
 from conftest import REPO
 
 from recsys_tasks.config import Config, ConfigError
-from recsys_tasks.data import generate_data, generate_planted
+from recsys_tasks.data import generate_data
 from recsys_tasks.partitions import MissingPartitionError, plan_window, write_partitions
+from recsys_tasks.planted import generate_planted
 
 SMALL = {"data.num_rows": 2800, "data.num_users": 150, "data.num_items": 80}
 

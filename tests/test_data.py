@@ -8,8 +8,9 @@ import pytest
 
 from recsys_tasks.common import InputDataError
 from recsys_tasks.config import Config
-from recsys_tasks.data import ALICCP_RAW_DTYPES, RAW_COLUMNS, PlantedTruth, generate_data, generate_planted, split_rows
+from recsys_tasks.data import RAW_COLUMNS, generate_data, split_rows
 from recsys_tasks.evaluate import auc
+from recsys_tasks.planted import ALICCP_RAW_DTYPES, PlantedTruth, generate_planted
 
 SMALL = {"data.num_rows": 20_000, "data.num_users": 400, "data.num_items": 200}
 

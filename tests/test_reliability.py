@@ -21,7 +21,7 @@ from conftest import finish_scored_run
 
 from recsys_tasks.common import write_summary
 from recsys_tasks.config import Config, StoreConfig
-from recsys_tasks.local_redis import LocalRedis, free_port
+from recsys_tasks.local_redis import free_port
 from recsys_tasks.paths import RunPaths
 from recsys_tasks.scoring import recommendations_schema
 from recsys_tasks.store import (
@@ -75,24 +75,6 @@ def documents(client, settings=FAST):
     for key in client.scan_iter(match=settings.key_prefix + "*"):
         out[key.decode()] = json.loads(client.execute_command("JSON.GET", key))
     return out
-
-
-@pytest.fixture(scope="module")
-def aof_redis(tmp_path_factory):
-    """A Redis that persists every acknowledged write (append-only file), so it can be killed and restarted."""
-    server = LocalRedis(free_port(), tmp_path_factory.mktemp("aof_redis"), appendonly=True).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def aof_client(aof_redis):
-    if not aof_redis.ping():
-        aof_redis.start()
-    client = redis.Redis(port=aof_redis.port)
-    client.flushdb()
-    yield client
-    client.close()
 
 
 def FaultyRedis(*, fault_at, fault, **kwargs):  # noqa: N802 - reads like the client it builds

@@ -120,3 +120,16 @@ def test_duplicate_user_across_parts_is_refused(tmp_path, redis_client):
     with pytest.raises(InputDataError, match="holds user 1000 twice"):
         publish(redis_client, parts, SETTINGS, run_id="r", logical_date="", generated_at="")
     assert redis_client.dbsize() == 0
+
+
+def test_score_spelling_table_matches_python_for_every_micro_value():
+    """The table the loader spells scores with (built with numpy) holds ``repr(m / 1e6)`` for every m."""
+    from recsys_tasks.store.keys import _micro_spellings
+
+    matrix, lengths = _micro_spellings()
+    assert len(matrix) == len(lengths) == 1_000_001
+    table = matrix.tobytes()
+    width = matrix.shape[1]
+    mismatched = [m for m in range(1_000_001)
+                  if table[m * width : m * width + int(lengths[m])] != repr(m / 1e6).encode()]
+    assert mismatched == []

@@ -1,11 +1,11 @@
-"""Training pieces shared by both fits: the lazy Adam optimizer and the full-batch sizing."""
+"""Training pieces shared by both fits: the lazy Adam optimizer, the full-batch sizing and early stopping."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from recsys_tasks.common import InputDataError, make_optimizer
+from recsys_tasks.common import InputDataError, make_optimizer, parquet_rows
 from recsys_tasks.training import full_batch_size
 
 
@@ -48,3 +48,61 @@ def test_full_batch_size():
     assert full_batch_size(100, 512, "x") == 100  # fewer rows than a batch: one batch of all of them
     with pytest.raises(InputDataError, match="no training rows"):
         full_batch_size(0, 512, "x")
+
+
+def _flipped_validation(paths, target):
+    """The run's training impressions with every click flipped: the better a model fits the training
+    clicks, the worse its loss here, so the validation loss is lowest after the first epoch."""
+    import shutil
+
+    from recsys_tasks.features import read_processed
+
+    frame = read_processed(paths.train)
+    frame["click"] = 1 - frame["click"]
+    target.mkdir(parents=True)
+    frame.to_parquet(target / "part_0.parquet", index=False)
+    shutil.copy(paths.train / "schema.pbtxt", target / "schema.pbtxt")
+    return target, len(frame)
+
+
+@pytest.mark.parametrize("patience", [1, 5])
+def test_early_stopping_ends_with_the_best_epochs_weights(pipeline_run, tmp_path, patience):
+    """patience 1: Keras stops after the first epoch without improvement and restores the best weights;
+    patience 5 > the 3 epochs allowed: training runs to the end and the best (first) epoch is restored."""
+    from recsys_tasks.ranking import build_dlrm
+    from recsys_tasks.training import fit_streaming, parquet_dataset, validation_loader
+    from recsys_tasks.transform import RAW_ID_COLUMNS
+
+    config, paths, _ = pipeline_run
+    train = parquet_dataset(paths.train, config.transform.part_size)
+    schema = train.schema.without(RAW_ID_COLUMNS)
+    train.schema = schema
+    valid_dir, valid_rows = _flipped_validation(paths, tmp_path / "flipped")
+    valid = parquet_dataset(valid_dir, config.transform.part_size)
+    valid.schema = schema
+    rows = parquet_rows(paths.train)
+    model = build_dlrm(schema, config.ranking)
+    trained = fit_streaming(model, train, rows, batch_size_rows=config.ranking.batch_size_rows, epochs=3,
+                            what="early stopping", validation=valid, validation_rows=valid_rows, patience=patience)
+    losses = trained["validation_loss_per_epoch"]
+    assert trained["best_epoch"] == int(np.argmin(losses)) + 1 == 1
+    assert trained["epochs_run"] == len(losses) == (2 if patience == 1 else 3)
+    assert len(trained["loss_per_epoch"]) == trained["epochs_run"]
+    # The model holds the best epoch's weights: its validation loss is that epoch's, not the last one's.
+    loader = validation_loader(valid, valid_rows, trained["batch_size_rows"])
+    now = model.evaluate(loader, return_dict=True, verbose=0)["loss"]
+    assert now == pytest.approx(losses[0], rel=1e-4)
+    assert now < losses[-1]
+
+
+def test_no_validation_trains_every_epoch(pipeline_run):
+    from recsys_tasks.ranking import build_dlrm
+    from recsys_tasks.training import fit_streaming, parquet_dataset
+    from recsys_tasks.transform import RAW_ID_COLUMNS
+
+    config, paths, _ = pipeline_run
+    train = parquet_dataset(paths.train, config.transform.part_size)
+    train.schema = train.schema.without(RAW_ID_COLUMNS)
+    trained = fit_streaming(build_dlrm(train.schema, config.ranking), train, parquet_rows(paths.train),
+                            batch_size_rows=100, epochs=2, what="no validation")
+    assert len(trained["loss_per_epoch"]) == 2 and "best_epoch" not in trained
