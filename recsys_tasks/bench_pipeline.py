@@ -318,6 +318,23 @@ def run_point(name: str, config_map: dict[str, Any], out_dir: Path, redis_url: s
     return result
 
 
+def remeasure_throughput(name: str, out_dir: Path, *, throughput_rows: int, throughput_epochs: int) -> dict[str, Any]:
+    """Measure only the training throughput again on a measured point's run directory (its DAG is not rerun)."""
+    from .config import load_config
+
+    point_dir = out_dir / "points" / name
+    result_file = point_dir / "result.json"
+    if not result_file.exists():
+        raise SystemExit(f"--throughput-only: {name} has no result in {result_file}; measure the point first")
+    result = json.loads(result_file.read_text())
+    config = load_config(point_dir / "config.yaml", environ={})
+    print(f"[{name}] training throughput only, on {result['run_dir']}", flush=True)
+    result["throughput"] = training_throughput(Path(result["run_dir"]), config, throughput_rows, throughput_epochs,
+                                               point_dir / "throughput")
+    result_file.write_text(json.dumps(result, indent=2))
+    return result
+
+
 def all_points(out_dir: Path) -> list[dict[str, Any]]:
     """Every point measured under ``out_dir`` (this run's and earlier runs'), by users."""
     points = [json.loads(f.read_text()) for f in sorted((out_dir / "points").glob("*/result.json"))]
@@ -341,6 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--throughput-epochs", type=int, default=2, help="epochs of that comparison (the first "
                         "is left out of the rate when there are two or more)")
     parser.add_argument("--force", action="store_true", help="rerun points that already have a result")
+    parser.add_argument("--throughput-only", action="store_true", help="measure only the training throughput again "
+                        "on the points' existing run directories (the DAG is not rerun)")
     parser.add_argument("--deadline-s", type=float, default=0.0, help="stop a point's DAG after this many seconds "
                         "and report the tasks finished by then (0: no limit)")
     args = parser.parse_args(argv)
@@ -356,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     server = None
     redis_url = args.redis_url
-    if not redis_url:
+    if not redis_url and not args.throughput_only:
         import tempfile
 
         from .local_redis import LocalRedis, free_port
@@ -368,6 +387,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for index, (name, config_map) in enumerate(plan, start=1):
             print(f"==> point {index}/{len(plan)}: {name}", flush=True)
+            if args.throughput_only:
+                remeasure_throughput(name, args.out.resolve(), throughput_rows=args.throughput_rows,
+                                     throughput_epochs=args.throughput_epochs)
+                continue
             result = run_point(name, config_map, args.out.resolve(), redis_url, throughput_rows=args.throughput_rows,
                                throughput_epochs=args.throughput_epochs, force=args.force,
                                deadline_s=args.deadline_s)

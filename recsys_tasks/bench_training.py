@@ -36,10 +36,9 @@ def _head_rows(source: Path, target: Path, rows: int) -> int:
     return taken
 
 
-def _in_memory_like(loader: Any, frame: Any, rows: int) -> tuple[dict[str, Any], Any]:
-    """The frame's columns as numpy arrays shaped and typed like the loader's batches (x, y)."""
-    import numpy as np
-
+def _in_memory_like(loader: Any, frame: Any, rows: int, target: str) -> tuple[dict[str, Any], Any]:
+    """The frame's columns as numpy arrays shaped and typed like the loader's batches (x, y); a single
+    target tensor is the ``target`` column (the frame also holds raw id columns the model does not read)."""
     x_batch, y_batch = next(iter(loader))
     loader.stop()
 
@@ -51,7 +50,7 @@ def _in_memory_like(loader: Any, frame: Any, rows: int) -> tuple[dict[str, Any],
         return x, None
     if isinstance(y_batch, dict):
         return x, {name: like(name, tensor) for name, tensor in y_batch.items()}
-    return x, np.asarray(frame[[c for c in frame.columns if c not in x][0]].to_numpy()[:rows])
+    return x, like(target, y_batch)
 
 
 def training_throughput(run_dir: Path, config: Any, max_rows: int, epochs: int, work_dir: Path) -> dict[str, Any]:
@@ -67,7 +66,7 @@ def training_throughput(run_dir: Path, config: Any, max_rows: int, epochs: int, 
     from .ranking import build_dlrm
     from .retrieval import build_two_tower, model_schema
     from .training import fit_streaming, full_batch_size, parquet_dataset, throughput_callback, training_loader
-    from .transform import RAW_ID_COLUMNS
+    from .transform import RAW_ID_COLUMNS, TARGET
 
     paths = RunPaths(run_dir)
     results = {}
@@ -89,17 +88,19 @@ def training_throughput(run_dir: Path, config: Any, max_rows: int, epochs: int, 
         streamed = fit_streaming(build(schema, settings), dataset, rows, batch_size_rows=batch, epochs=epochs,
                                  what=f"{name} loader")
         frame = pd.read_parquet(sample_dir / "part_0.parquet")
-        x, y = _in_memory_like(training_loader(dataset, batch), frame, full_rows)
+        x, y = _in_memory_like(training_loader(dataset, batch), frame, full_rows, TARGET)
         print(f"[throughput] {name}: plain model.fit on in-memory arrays ...", flush=True)
         seed_everything(settings.seed)
         plain_model = build(schema, settings)
         callback = throughput_callback(full_rows, f"{name} plain")
-        plain_model.fit(x, y, batch_size=batch, epochs=epochs, shuffle=True, verbose=0, callbacks=[callback])
+        history = plain_model.fit(x, y, batch_size=batch, epochs=epochs, shuffle=True, verbose=0,
+                                  callbacks=[callback])
         plain = callback.samples_per_s()
         ratio = streamed["train_samples_per_s"] / max(plain, 1e-9)
         results[name] = {"rows": rows, "batch_size_rows": batch, "epochs": epochs,
                          "loader_samples_per_s": streamed["train_samples_per_s"], "plain_fit_samples_per_s": plain,
-                         "ratio": round(ratio, 3)}
+                         "ratio": round(ratio, 3), "loader_loss_per_epoch": streamed["loss_per_epoch"],
+                         "plain_loss_per_epoch": [round(float(v), 6) for v in history.history["loss"]]}
         print(f"[throughput] {name}: loader {streamed['train_samples_per_s']:.0f} vs plain {plain:.0f} samples/s "
               f"({ratio:.0%})", flush=True)
     return results

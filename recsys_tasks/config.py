@@ -155,9 +155,13 @@ class ScoringConfig:
     ``auto``: ``tensorflow`` when TensorFlow sees a GPU; on a CPU ``tiled`` below ``ann_min_items``
     items and ``ann_kernel`` from there on."""
     ann_kernel: str = "ivf"
-    """The approximate kernel ``auto`` uses on a CPU for catalogs of ``ann_min_items`` or more."""
-    ann_min_items: int = 200_000
-    """Catalog size from which ``auto`` retrieves approximately on a CPU (measured: see README)."""
+    """The approximate kernel ``auto`` uses on a CPU for catalogs of ``ann_min_items`` or more. ``ivf``
+    because its index is reproducible (seeded k-means: a rerun publishes the same lists); HNSW's
+    multi-threaded build is not, although it was faster here (README, *Approximate retrieval*)."""
+    ann_min_items: int = 50_000
+    """Catalog size from which ``auto`` retrieves approximately on a CPU. Measured on trained embeddings
+    (README): at 10,000 items exact was faster (IVF 0.7x), at 100,000 items IVF was 1.6-1.9x exact at
+    recall 0.998; 50,000 lies between them."""
     ann_threads: int = 0
     """FAISS OpenMP threads for building and searching the index; 0: the cores this process may use."""
     ivf_lists: int = 0

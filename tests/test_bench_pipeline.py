@@ -40,6 +40,10 @@ def test_bench_pipeline_smallest_point_end_to_end(tmp_path):
     for name in ("fit_retrieval", "fit_ranking"):
         ratio = point["throughput"][name]
         assert ratio["loader_samples_per_s"] > 0 and ratio["plain_fit_samples_per_s"] > 0, name
+        # Both trainings learn the same task: cross-entropy losses of the same size (the plain fit once
+        # trained the DLRM on a raw id column as the label, with a loss of -5e13).
+        for loader_loss, plain_loss in zip(ratio["loader_loss_per_epoch"], ratio["plain_loss_per_epoch"]):
+            assert 0 < plain_loss < 2 * loader_loss + 1, (name, ratio)
     markdown = (out / "bench_pipeline.md").read_text()
     assert "| fit_ranking |" in markdown and "plain model.fit" in markdown
     assert (out / "bench_pipeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -47,6 +51,14 @@ def test_bench_pipeline_smallest_point_end_to_end(tmp_path):
     # Resumable: the measured point is not run again.
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "already measured" in again.stdout
+
+    # --throughput-only measures the training comparison again on the point's run, without the DAG.
+    only = subprocess.run([*command, "--throughput-only"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert only.returncode == 0, only.stdout[-3000:] + only.stderr[-3000:]
+    assert "training throughput only" in only.stdout and "generate_data starting" not in only.stdout
+    remeasured = json.loads((out / "points" / "tiny" / "result.json").read_text())
+    assert remeasured["dag_wall_s"] == point["dag_wall_s"]
+    assert remeasured["throughput"]["fit_ranking"]["plain_fit_samples_per_s"] > 0
 
 
 def test_slopes_are_log_log_between_consecutive_points():
