@@ -140,3 +140,34 @@ def finish_scored_run(paths) -> None:
     paths.report_json.write_text(json.dumps(report))
     paths.evaluation.mkdir(parents=True, exist_ok=True)
     paths.fallback_list.write_text(json.dumps({"recommendations": items[:5], "scores": [0.5] * len(items[:5])}))
+
+
+def rows_for(user_ids, salt):
+    """Lists that differ per run (``salt``), so a document mixed from two runs would be visible."""
+    return [{"user_id": int(u), "recommendations": [int(u) + salt, int(u) + salt + 1], "scores": [0.75, 0.25]}
+            for u in user_ids]
+
+
+def write_recs(path, rows):
+    """``rows`` as a recommendations parquet part, in the schema the 'score' stage writes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recsys_tasks.scoring import recommendations_schema
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist([{"user_id_encoded": i, **r} for i, r in enumerate(rows)],
+                                        schema=recommendations_schema()), path)
+    return path
+
+
+def make_run(tmp_path, name, rows):
+    """A run directory holding what the 'score' stage leaves behind."""
+    from recsys_tasks.common import write_summary
+    from recsys_tasks.paths import RunPaths
+
+    paths = RunPaths(tmp_path / name)
+    write_recs(paths.recommendation_part(0), rows)
+    write_summary(paths, "score", {"stage": "score", "generated_at": "2026-12-01T01:00:00+00:00"})
+    finish_scored_run(paths)
+    return paths

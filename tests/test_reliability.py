@@ -17,13 +17,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import redis
-from conftest import finish_scored_run
+from conftest import finish_scored_run, make_run, rows_for, write_recs
 
 from recsys_tasks.common import write_summary
 from recsys_tasks.config import Config, StoreConfig
 from recsys_tasks.local_redis import free_port
 from recsys_tasks.paths import RunPaths
-from recsys_tasks.scoring import recommendations_schema
 from recsys_tasks.store import (
     LoadLock,
     LoadLockedError,
@@ -38,31 +37,6 @@ FAST = StoreConfig(
     lock_ttl_s=2, lock_wait_s=10, memory_sample_keys=20,
 )
 DAY = "2026-12-{:02d}T00:00:00+00:00"
-
-
-def rows_for(user_ids, salt):
-    """Lists that differ per run (``salt``), so a document mixed from two runs would be visible."""
-    return [
-        {"user_id": int(u), "recommendations": [int(u) + salt, int(u) + salt + 1], "scores": [0.75, 0.25]}
-        for u in user_ids
-    ]
-
-
-def write_recs(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist([{"user_id_encoded": i, **r} for i, r in enumerate(rows)],
-                                 schema=recommendations_schema())
-    pq.write_table(table, path)
-    return path
-
-
-def make_run(tmp_path, name, rows):
-    """A run directory holding what the 'score' stage leaves behind."""
-    paths = RunPaths(tmp_path / name)
-    write_recs(paths.recommendation_part(0), rows)
-    write_summary(paths, "score", {"stage": "score", "generated_at": "2026-12-01T01:00:00+00:00"})
-    finish_scored_run(paths)
-    return paths
 
 
 def expected_doc(row, run_id, logical_date):

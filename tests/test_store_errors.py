@@ -7,17 +7,12 @@ import dataclasses
 import json
 import logging
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import redis
-from conftest import finish_scored_run
+from conftest import make_run, rows_for, write_recs
 
-from recsys_tasks.common import write_summary
 from recsys_tasks.config import Config, StoreConfig
 from recsys_tasks.local_redis import LocalRedis, free_port
-from recsys_tasks.paths import RunPaths
-from recsys_tasks.scoring import recommendations_schema
 from recsys_tasks.store import (
     CapacityError,
     RedisJSONMissingError,
@@ -32,18 +27,6 @@ from recsys_tasks.store import (
 SETTINGS = StoreConfig(pipeline_chunk_keys=100, ttl_s=3600, retry_attempts=3, retry_backoff_s=0.05,
                        retry_backoff_max_s=0.2, lock_ttl_s=60, lock_wait_s=5, memory_sample_keys=20)
 DAY = "2026-12-{:02d}T00:00:00+00:00"
-
-
-def rows_for(user_ids, salt):
-    return [{"user_id": int(u), "recommendations": [int(u) + salt, int(u) + salt + 1], "scores": [0.75, 0.25]}
-            for u in user_ids]
-
-
-def write_recs(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist([{"user_id_encoded": i, **r} for i, r in enumerate(rows)],
-                                        schema=recommendations_schema()), path)
-    return path
 
 
 def snapshot(client):
@@ -150,14 +133,6 @@ def test_killed_redis_gets_exactly_retry_attempts_tries_and_progress_counts_ackn
     aof_redis.start()  # from its append-only file: every acknowledged write is there
     written = sum(1 for u in range(2000) if aof_client.exists(f"USER:{u}"))
     assert 600 <= acknowledged[-1] <= written < 2000
-
-
-def make_run(tmp_path, name, rows):
-    paths = RunPaths(tmp_path / name)
-    write_recs(paths.recommendation_part(0), rows)
-    write_summary(paths, "score", {"stage": "score", "generated_at": "g"})
-    finish_scored_run(paths)
-    return paths
 
 
 def test_a_skipped_load_does_not_claim_it_published(tmp_path, aof_client, caplog):
