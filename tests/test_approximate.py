@@ -37,7 +37,9 @@ def test_approximate_kernels_fill_every_list_without_seen_items(kind):
     from recsys_tasks.scoring import attach_index, retrieve
 
     catalog = small_catalog()
-    settings = Config().scoring
+    # Random Gaussian vectors are IVF's worst case (no clusters): probe 64 of the 76 cells here. The
+    # default probe's recall is measured on trained embeddings by the bench.
+    settings = Config().with_overrides({"scoring.ivf_probe": 64}).scoring
     attach_index(catalog, kind, settings)
     k = 50
     rows = np.arange(catalog.num_users)
@@ -112,7 +114,8 @@ def test_score_stage_with_an_approximate_index_shared_by_its_shards(pipeline_run
         score_shard(approximate, target.root, 0)
 
 
-def test_split_dlrm_scores_every_pair_as_the_model_does(pipeline_run):
+@pytest.mark.parametrize("pair_kernel", ["numba", "tensorflow"])
+def test_split_dlrm_scores_every_pair_as_the_model_does(pipeline_run, pair_kernel):
     from recsys_tasks.dlrm_parts import FactoredRanker, WholeModelRanker, make_ranker
     from recsys_tasks.ranking import load_dlrm
     from recsys_tasks.scoring import load_catalog, retrieve
@@ -120,8 +123,8 @@ def test_split_dlrm_scores_every_pair_as_the_model_does(pipeline_run):
     config, paths, _ = pipeline_run
     catalog = load_catalog(paths)
     model = load_dlrm(paths.dlrm)
-    split = make_ranker(model, catalog, 333)
-    assert isinstance(split, FactoredRanker)
+    split = make_ranker(model, catalog, 333, pair_kernel=pair_kernel)
+    assert isinstance(split, FactoredRanker) and split.pair_kernel == pair_kernel
     rows = np.arange(catalog.num_users)
     candidates, _ = retrieve(catalog, rows, config.scoring.top_k)
     candidates[7, -3:] = -1  # padding, as for a user with few unseen items
@@ -129,6 +132,31 @@ def test_split_dlrm_scores_every_pair_as_the_model_does(pipeline_run):
     got = split(rows, candidates)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
     assert (np.argsort(-got, axis=1, kind="stable") == np.argsort(-expected, axis=1, kind="stable")).mean() > 0.99
+    # A chunk of one user, and users spread over several of the numba kernel's thread tasks, change nothing.
+    np.testing.assert_allclose(split(rows[5:6], candidates[5:6]), got[5:6], rtol=0, atol=1e-6)
+
+
+def test_pair_kernel_is_numba_on_a_cpu_unless_an_activation_has_no_kernel(pipeline_run, caplog):
+    import dataclasses
+
+    import tensorflow as tf
+
+    from recsys_tasks.dlrm_cpu import UnsupportedActivation, cpu_activation_codes
+    from recsys_tasks.dlrm_parts import extract_parts, pair_kernel_for
+    from recsys_tasks.ranking import load_dlrm
+    from recsys_tasks.scoring import load_catalog
+
+    _, paths, _ = pipeline_run
+    catalog = load_catalog(paths)
+    parts = extract_parts(load_dlrm(paths.dlrm), [c for c in catalog.user_features if c != "user_id_raw"],
+                          [c for c in catalog.item_features if c != "item_id_raw"])
+    assert pair_kernel_for(parts) == "numba"
+    assert list(cpu_activation_codes([tf.keras.activations.linear, tf.nn.relu])) == [0, 1]
+    with pytest.raises(UnsupportedActivation, match="'gelu' has no CPU kernel"):
+        cpu_activation_codes([tf.nn.gelu])
+    with caplog.at_level(logging.INFO, logger="recsys_tasks.score"):
+        assert pair_kernel_for(dataclasses.replace(parts, first_activation=tf.nn.gelu)) == "tensorflow"
+    assert "per-pair step in TensorFlow: activation 'gelu'" in caplog.text
 
 
 def test_split_dlrm_falls_back_to_the_whole_model_when_it_does_not_match(pipeline_run, monkeypatch, caplog):
@@ -146,3 +174,31 @@ def test_split_dlrm_falls_back_to_the_whole_model_when_it_does_not_match(pipelin
         ranker = dlrm_parts.make_ranker(model, catalog, 333)
     assert isinstance(ranker, dlrm_parts.WholeModelRanker)
     assert "ranking with the whole DLRM per pair" in caplog.text
+
+
+def test_cpu_pair_kernel_matches_a_numpy_reference():
+    """The numba per-pair step alone, on random weights: a layer without bias, a linear output, partial tasks."""
+    from types import SimpleNamespace
+
+    import tensorflow as tf
+
+    from recsys_tasks.dlrm_cpu import USERS_PER_TASK, CpuPairs
+
+    rng = np.random.default_rng(0)
+    nu, ni, dim, hidden, users, k, items = 3, 2, 16, 24, USERS_PER_TASK * 2 + 5, 7, 40
+    rest = [(rng.standard_normal((hidden, 8)).astype(np.float32), None, tf.nn.relu),
+            (rng.standard_normal((8, 1)).astype(np.float32), np.float32([0.3]), tf.keras.activations.linear)]
+    parts = SimpleNamespace(first_cross=rng.standard_normal((nu * ni, hidden)).astype(np.float32),
+                            first_activation=tf.nn.relu, rest=rest)
+    user_vectors = rng.standard_normal((users, nu, dim)).astype(np.float32) * 0.3
+    user_terms = rng.standard_normal((users, hidden)).astype(np.float32)
+    item_vectors = rng.standard_normal((items, ni, dim)).astype(np.float32) * 0.3
+    item_terms = rng.standard_normal((items, hidden)).astype(np.float32)
+    candidates = rng.integers(0, items, (users, k))
+    got = CpuPairs(parts)(user_vectors, user_terms, item_vectors, item_terms, candidates)
+    # Cross dot products user feature major, as the first layer's cross rows are laid out.
+    cross = np.einsum("uad,ucbd->ucab", user_vectors, item_vectors[candidates]).reshape(users * k, nu * ni)
+    h = cross @ parts.first_cross + np.repeat(user_terms, k, axis=0) + item_terms[candidates.reshape(-1)]
+    h = np.maximum(h, 0) @ rest[0][0]
+    h = np.maximum(h, 0) @ rest[1][0] + rest[1][1]
+    np.testing.assert_allclose(got, (1 / (1 + np.exp(-h))).reshape(users, k), rtol=0, atol=1e-5)

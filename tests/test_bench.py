@@ -126,8 +126,14 @@ def test_bench_runs_end_to_end_and_reports_every_figure(pipeline_run, redis_serv
         results["retrieval"]["sgemm_gflops"], approximate["exact_users_per_s"], large["exact_users_per_s"],
         *(approximate[kind]["users_per_s"] for kind in ("ivf", "hnsw")),
         *(large[kind]["users_per_s"] for kind in ("ivf", "hnsw")),
+        results["ranking"]["tensorflow_pairs_per_s"],
+        *(point["users_per_s"] for kind in ("ivf", "hnsw") for point in approximate[kind]["sweep"]["points"]),
     ]
     assert all(isinstance(f, int | float) and f > 0 for f in figures), figures
+    assert results["ranking"]["pair_kernel"] == "numba"
+    assert scoring["ours_k20"]["retrieval_kernel"] == scoring["ours_default"]["retrieval_kernel"] == "tiled"
+    assert [p["value"] for p in approximate["ivf"]["sweep"]["points"]] == [16, 32, 64, 128]
+    assert "ivf_probe swept" in results["markdown"] and "per-pair step in numba" in results["markdown"]
     # The split DLRM ranks exactly as the model does on the bench's sample.
     assert results["ranking"]["max_abs_difference_vs_predict"] <= 1e-5
     ranked = results["ranking"]["identical_top_lists"]

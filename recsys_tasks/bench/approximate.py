@@ -84,6 +84,7 @@ def measure_approximate(paths: RunPaths, sample_users: int, top_ks: tuple[int, .
     from ..scoring import attach_index, load_catalog
 
     scoring = scoring or Config().scoring
+    top_ks = tuple(dict.fromkeys(top_ks))  # K=20 and the default K may be the same
     catalog = load_catalog(paths)
     # Without a ranking model (a run stopped after fit_retrieval) only the candidates are compared.
     ranker = make_ranker(load_dlrm(paths.dlrm), catalog, rank_batch_rows) if paths.dlrm.exists() else None
@@ -112,6 +113,16 @@ def measure_approximate(paths: RunPaths, sample_users: int, top_ks: tuple[int, .
                 "top_n": n,
             }
             log.info("approximate %s K=%d: %s", kind, k, entry[kind])
+        # The search-time parameter swept on the same trained embeddings (how the defaults were chosen).
+        for value in SWEEP[kind]:
+            setattr_search(catalog.ann_index, kind, value)
+            for k in top_ks:
+                candidates, seconds = _timed_retrieval(catalog, rows, k, kind, chunk_users)
+                point = {"value": value, "users_per_s": _rate(len(rows), seconds),
+                         "candidate_recall": round(candidate_recall(candidates, exact[k]), 4)}
+                results["by_k"][str(k)][kind].setdefault("sweep", {"parameter": SWEEP_PARAMETER[kind],
+                                                                   "points": []})["points"].append(point)
+                log.info("approximate %s K=%d %s=%d: %s", kind, k, SWEEP_PARAMETER[kind], value, point)
     return results
 
 
@@ -169,6 +180,7 @@ def measure_large_catalog(items: int, sample_users: int, k: int, chunk_users: in
 
 
 SWEEP = {"ivf": (16, 32, 64, 128), "hnsw": (64, 128, 256)}
+"""Search-time values swept on each index (the defaults are ``scoring.ivf_probe`` and ``hnsw_ef_search``)."""
 SWEEP_PARAMETER = {"ivf": "ivf_probe", "hnsw": "hnsw_ef_search"}
 
 

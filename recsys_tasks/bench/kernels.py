@@ -34,11 +34,21 @@ def measure_ranking(paths: RunPaths, sample_users: int, k: int, batch_rows: int)
         raise BenchError("the DLRM could not be split (see the warning above): nothing to compare")
     warm_users = rows[: max(1, min(len(rows), batch_rows // max(k, 1)))]
     split(warm_users, candidates[: len(warm_users)])
+    # The same split with its per-pair step in TensorFlow (what a GPU runs), when ours is the CPU kernel.
+    split_tf = make_ranker(model, catalog, batch_rows, pair_kernel="tensorflow") if split.pair_kernel != "tensorflow" \
+        else None
+    if split_tf is not None:
+        split_tf(warm_users, candidates[: len(warm_users)])
     rank_pairs(model, warm, batch_rows)
     model.predict({c: v.reshape(-1, 1) for c, v in warm.items()}, batch_size=batch_rows, verbose=0)
     started = time.perf_counter()
     factored = split(rows, candidates).reshape(-1)
     factored_s = time.perf_counter() - started
+    tensorflow: dict[str, Any] = {}
+    if split_tf is not None:
+        started = time.perf_counter()
+        split_tf(rows, candidates)
+        tensorflow["tensorflow_seconds"] = time.perf_counter() - started
     started = time.perf_counter()
     whole = rank_pairs(model, features, batch_rows)
     whole_s = time.perf_counter() - started
@@ -50,7 +60,11 @@ def measure_ranking(paths: RunPaths, sample_users: int, k: int, batch_rows: int)
     difference = float(np.max(np.abs(factored - plain))) if pairs else 0.0
     if difference > 1e-4:
         raise BenchError(f"the split DLRM and model.predict disagree by up to {difference:.2e} on the same pairs")
-    return {"pairs": pairs, "batch_rows": batch_rows, "k": k,
+    if tensorflow:
+        seconds = tensorflow.pop("tensorflow_seconds")
+        tensorflow = {"tensorflow_pairs_per_s": _rate(pairs, seconds),
+                      "tensorflow_fraction_of_predict": round(plain_s / seconds, 3)}
+    return {"pairs": pairs, "batch_rows": batch_rows, "k": k, "pair_kernel": split.pair_kernel, **tensorflow,
             "ours_pairs_per_s": _rate(pairs, factored_s), "whole_model_pairs_per_s": _rate(pairs, whole_s),
             "predict_pairs_per_s": _rate(pairs, plain_s), "fraction_of_predict": round(plain_s / factored_s, 3),
             "whole_model_fraction_of_predict": round(plain_s / whole_s, 3),

@@ -44,9 +44,13 @@ def _scoring_rows(s: dict[str, Any]) -> list[str]:
 def _kernel_rows(rk: dict[str, Any], rt: dict[str, Any]) -> list[str]:
     threads = rt["kernel_threads"]
     return [
-        f"| ranking, K={rk['k']}: DLRM split per user/item/pair (pairs/s) | {rk['ours_pairs_per_s']:,.0f} | "
+        f"| ranking, K={rk['k']}: DLRM split per user/item/pair, per-pair step in "
+        f"{rk.get('pair_kernel', 'tensorflow')} (pairs/s) | {rk['ours_pairs_per_s']:,.0f} | "
         f"{rk['predict_pairs_per_s']:,.0f} (batched model.predict, same pairs) | {rk['fraction_of_predict']:.0%} | "
         f">= 250% | {_ok(rk['fraction_of_predict'] >= TARGETS['ranking_fraction'])} |",
+        *([f"| ranking: DLRM split, per-pair step in TensorFlow (pairs/s) | {rk['tensorflow_pairs_per_s']:,.0f} | "
+           f"{rk['predict_pairs_per_s']:,.0f} | {rk['tensorflow_fraction_of_predict']:.0%} | | |"]
+          if "tensorflow_pairs_per_s" in rk else []),
         f"| ranking: whole DLRM per pair, the previous step (pairs/s) | {rk['whole_model_pairs_per_s']:,.0f} | "
         f"{rk['predict_pairs_per_s']:,.0f} | {rk['whole_model_fraction_of_predict']:.0%} | | |",
         f"| retrieval, K={rt['k']}, exact (users/s) | {rt['ours_users_per_s']:,.0f} | {rt['plain_users_per_s']:,.0f} "
@@ -72,6 +76,10 @@ def approximate_rows(a: dict[str, Any]) -> list[str]:
                 f"{e['users_per_s']:,.0f} (recall {e['candidate_recall']:.3f}, top-{e['top_n']} overlap "
                 f"{_overlap(e['top_n_overlap'])}, built in {e['build_seconds']:,.0f}s) | "
                 f"{entry['exact_users_per_s']:,.0f} (exact) | {e['speedup_vs_exact']:.1f}x | | |")
+            if "sweep" in e:
+                points = "; ".join(f"{p['value']}: {p['users_per_s']:,.0f} users/s at recall "
+                                   f"{p['candidate_recall']:.3f}" for p in e["sweep"]["points"])
+                rows.append(f"| the same, {e['sweep']['parameter']} swept | {points} | | | | |")
     return rows
 
 

@@ -82,7 +82,13 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2, default=str))
 
-    def child(run: RunPaths, top_k: int, top_n: int, name: str, kernel: str = "auto") -> dict[str, Any]:
+    from ..scoring import retrieval_kernel
+
+    # Exact retrieval for every run but the approximate one: `auto` would switch to an index on a large
+    # catalog. Without catalog settings `retrieval_kernel` names the device's exact kernel.
+    exact = retrieval_kernel("auto")
+
+    def child(run: RunPaths, top_k: int, top_n: int, name: str, kernel: str = exact) -> dict[str, Any]:
         target = work / f"score_{name}.json"
         if args.resume and target.exists():
             return json.loads(target.read_text())
