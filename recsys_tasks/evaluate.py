@@ -234,7 +234,7 @@ def _predict_ranking(paths: RunPaths, valid: Any, features: list[str], batch_row
 @stage("evaluate")
 def evaluate(config: Config, paths: RunPaths) -> dict[str, Any]:
     quiet_tensorflow()
-    from .scoring import load_catalog
+    from .catalog import load_catalog
 
     top_k, top_n = config.scoring.top_k, config.scoring.top_n
     cutoffs = sorted({*config.evaluate.cutoffs, top_k})

@@ -1,14 +1,14 @@
 """Stage 5: recommendations for every user, in chunks of users, with no per-user model call.
 
-For each chunk: user embeddings x all item embeddings, items the user clicked in training left out,
-top-K candidates (on a CPU by the tiled kernel of :mod:`recsys_tasks.topk`, on a GPU by TensorFlow),
-every (user, candidate) pair scored by the DLRM in large batches, candidates reordered by DLRM
-score, top-N kept, encoded ids mapped back to raw ids. The result streams to
-``scoring/recommendations/part-<shard>.parquet`` chunk by chunk, so memory does not grow with the
-number of users. Users are split into ``scoring.num_shards`` contiguous shards (one part each):
-in Airflow every shard is its own mapped task (``plan_shards`` -> ``score_shard`` x N -> ``collect_shards``);
-the CLI's ``score`` runs the same three steps in one process. TensorFlow runs the DLRM (and, on a
-GPU, the matrix product and top-k) on the GPU when it has one.
+For each chunk: top-K unseen candidates per user (:mod:`recsys_tasks.candidates`: on a CPU the tiled
+kernel of :mod:`recsys_tasks.topk` or a FAISS index, on a GPU TensorFlow), every (user, candidate) pair
+scored by the DLRM (:mod:`recsys_tasks.dlrm_parts`), candidates reordered by DLRM score, top-N kept,
+encoded ids mapped back to raw ids. The result streams to ``scoring/recommendations/part-<shard>.parquet``
+chunk by chunk, so memory does not grow with the number of users. Users are split into
+``scoring.num_shards`` contiguous shards (one part each): in Airflow every shard is its own mapped task
+(``plan_shards`` -> ``score_shard`` x N -> ``collect_shards``); the CLI's ``score`` runs the same three
+steps in one process. The inputs (embeddings, feature tables, seen items) are read by
+:mod:`recsys_tasks.catalog`.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .candidates import attach_index, retrieval_kernel, retrieve
+from .catalog import Catalog, embedding_matrix, load_catalog
 from .common import (
     InputDataError,
     cpu_seconds,
@@ -38,183 +38,9 @@ from .common import (
 )
 from .config import Config
 from .dlrm_parts import make_ranker, pair_features, rank_pairs
-from .features import ITEM_COLUMNS, USER_COLUMNS, read_processed
 from .paths import RunPaths, require
 
 log = get_logger("score")
-
-@dataclass
-class Catalog:
-    """Everything scoring needs, as aligned numpy arrays (row i of a table is row i of its embeddings)."""
-
-    user_features: dict[str, np.ndarray]
-    item_features: dict[str, np.ndarray]
-    user_embeddings: np.ndarray
-    item_embeddings: np.ndarray
-    seen_indptr: np.ndarray
-    """CSR over user rows: ``seen_items[seen_indptr[u]:seen_indptr[u + 1]]`` are user row u's clicks."""
-    seen_items: np.ndarray
-    ann_index: Any = None
-    """The FAISS index of :mod:`recsys_tasks.ann` when scoring retrieves approximately."""
-
-    @property
-    def num_users(self) -> int:
-        return len(self.user_embeddings)
-
-    @property
-    def num_items(self) -> int:
-        return len(self.item_embeddings)
-
-    @cached_property
-    def packed_items(self) -> np.ndarray:
-        """Item embeddings in the CPU retrieval kernel's tiled layout (built once per catalog)."""
-        from .topk import pack_items
-
-        return pack_items(self.item_embeddings)
-
-
-def _embedding_matrix(path: Path, id_column: str, ids: np.ndarray) -> np.ndarray:
-    """The embedding columns of ``path`` as one float32 matrix (row i is ``ids[i]``), read batch by batch.
-
-    A whole-table pandas read would hold the Arrow table, the frame, the frame without its id column
-    and the matrix at once: for a million users that, not scoring, set the stage's peak memory.
-    """
-    import pyarrow.parquet as pq
-
-    parquet = pq.ParquetFile(path)
-    columns = [c for c in parquet.schema_arrow.names if c != id_column]
-    matrix = np.empty((parquet.metadata.num_rows, len(columns)), dtype=np.float32)
-    mismatch = InputDataError(f"{path}: {id_column} values do not match the feature table's ids")
-    if len(matrix) != len(ids):
-        raise mismatch
-    start = 0
-    for batch in parquet.iter_batches(batch_size=65_536):
-        stop = start + batch.num_rows
-        if not np.array_equal(batch.column(id_column).to_numpy(zero_copy_only=False), ids[start:stop]):
-            raise mismatch
-        for position, column in enumerate(columns):
-            matrix[start:stop, position] = batch.column(column).to_numpy(zero_copy_only=False)
-        start = stop
-    return matrix
-
-
-def _row_lookup(ids: np.ndarray) -> np.ndarray:
-    lookup = np.full(int(ids.max()) + 1, -1, dtype=np.int64)
-    lookup[ids] = np.arange(len(ids))
-    return lookup
-
-
-def seen_csr(user_rows: np.ndarray, item_rows: np.ndarray, num_users: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deduplicated (user row, item row) clicks as CSR arrays."""
-    pairs = np.unique(np.stack([user_rows, item_rows], axis=1), axis=0)
-    counts = np.bincount(pairs[:, 0], minlength=num_users)
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return indptr, pairs[:, 1].astype(np.int64)
-
-
-def load_catalog(paths: RunPaths) -> Catalog:
-    import pandas as pd
-
-    users = pd.read_parquet(require(paths.user_features, "fit_retrieval"))
-    items = pd.read_parquet(require(paths.item_features, "fit_retrieval"))
-    user_ids = users["user_id"].to_numpy()
-    item_ids = items["item_id"].to_numpy()
-    user_embeddings = _embedding_matrix(require(paths.user_embeddings, "fit_retrieval"), "user_id", user_ids)
-    item_embeddings = _embedding_matrix(require(paths.item_embeddings, "fit_retrieval"), "item_id", item_ids)
-    from .validation import check_finite, check_unique_ids
-
-    check_unique_ids(user_ids, "user_id", paths.user_features)
-    check_unique_ids(item_ids, "item_id", paths.item_features)
-    check_finite(user_embeddings, paths.user_embeddings)
-    check_finite(item_embeddings, paths.item_embeddings)
-    clicks = read_processed(require(paths.retrieval_train, "transform"), columns=["user_id", "item_id"])
-    user_rows = _row_lookup(user_ids)[clicks["user_id"].to_numpy()]
-    item_rows = _row_lookup(item_ids)[clicks["item_id"].to_numpy()]
-    indptr, seen_items = seen_csr(user_rows, item_rows, len(user_ids))
-    return Catalog(
-        user_features={c: users[c].to_numpy() for c in USER_COLUMNS},
-        item_features={c: items[c].to_numpy() for c in ITEM_COLUMNS},
-        user_embeddings=user_embeddings,
-        item_embeddings=item_embeddings,
-        seen_indptr=indptr,
-        seen_items=seen_items,
-    )
-
-
-def retrieval_kernel(requested: str, num_items: int = 0, settings: Any = None) -> str:
-    """The retrieval implementation to use for ``scoring.retrieval_kernel=requested``.
-
-    ``auto``: ``tensorflow`` on a GPU; on a CPU ``tiled`` (exact) for catalogs below
-    ``settings.ann_min_items`` and ``settings.ann_kernel`` (approximate) from there on.
-    """
-    if requested != "auto":
-        return requested
-    from .common import device
-
-    if device() != "cpu":
-        return "tensorflow"
-    if settings is not None and num_items >= settings.ann_min_items:
-        return settings.ann_kernel
-    return "tiled"
-
-
-def attach_index(catalog: Catalog, kind: str, settings: Any, path: Path | None = None) -> None:
-    """Give the catalog its approximate index: read from ``path`` when given, else built in memory."""
-    from .ann import IndexSettings, build_index, read_index, set_threads
-
-    index_settings = IndexSettings.from_config(kind, settings)
-    set_threads(settings.ann_threads)
-    if path is not None:
-        catalog.ann_index = read_index(path, index_settings, catalog.num_items)
-    else:
-        catalog.ann_index = build_index(catalog.item_embeddings, index_settings, settings.ann_threads)
-
-
-def retrieve(catalog: Catalog, user_rows: np.ndarray, k: int, kernel: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """Top-k unseen item rows per user by dot product over the whole catalog.
-
-    Returns ``(item_rows, scores)``, both ``[len(user_rows), k]``; where a user has fewer than k
-    unseen items the tail holds item row -1 and score -inf. The order is ``tf.math.top_k``'s
-    (score descending, lower item row first among equal scores). ``kernel`` (see
-    :func:`retrieval_kernel`): ``tiled`` is :mod:`recsys_tasks.topk` (CPU), ``tensorflow`` one matrix
-    product, seen items set to -inf, ``tf.math.top_k`` (what a GPU does fastest). Both give the same lists.
-    ``ivf`` and ``hnsw`` search ``catalog.ann_index`` (:mod:`recsys_tasks.ann`): approximate candidates,
-    exact scores, the same conventions.
-    """
-    k = min(k, catalog.num_items)
-    kernel = retrieval_kernel(kernel)
-    if kernel in ("ivf", "hnsw"):
-        from .ann import AnnIndexError, top_k_unseen_approximate
-
-        if catalog.ann_index is None:
-            raise AnnIndexError(f"retrieval kernel {kernel!r} needs the run's index (scoring.attach_index)")
-        user_rows = np.asarray(user_rows, dtype=np.int64)
-        return top_k_unseen_approximate(
-            catalog.ann_index, catalog.user_embeddings[user_rows], catalog.item_embeddings, k,
-            catalog.seen_indptr, catalog.seen_items, user_rows,
-            lambda positions: retrieve(catalog, user_rows[positions], k, "tiled"),
-        )
-    if kernel == "tiled":
-        from .topk import top_k_unseen
-
-        return top_k_unseen(catalog.user_embeddings[user_rows], catalog.packed_items, catalog.num_items, k,
-                            catalog.seen_indptr, catalog.seen_items, user_rows)
-    import tensorflow as tf
-
-    scores = tf.matmul(catalog.user_embeddings[user_rows], catalog.item_embeddings, transpose_b=True)
-    starts = catalog.seen_indptr[user_rows]
-    counts = catalog.seen_indptr[user_rows + 1] - starts
-    if counts.sum():
-        chunk_rows = np.repeat(np.arange(len(user_rows)), counts)
-        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        seen = catalog.seen_items[np.repeat(starts, counts) + offsets]
-        scores = tf.tensor_scatter_nd_update(
-            scores, np.stack([chunk_rows, seen], axis=1), tf.fill([len(seen)], tf.constant(-np.inf, scores.dtype))
-        )
-    top_scores, top_rows = (t.numpy() for t in tf.math.top_k(scores, k=k, sorted=True))
-    top_rows = top_rows.astype(np.int64)
-    top_rows[np.isneginf(top_scores)] = -1
-    return top_rows, top_scores
 
 
 def score_chunk(
@@ -304,7 +130,7 @@ def plan_shards(config: Config, run_dir: str | Path) -> dict[str, Any]:
         # not bit-reproducible, so shards building their own could disagree).
         from .ann import IndexSettings, build_index, write_index
 
-        item_embeddings = _embedding_matrix(
+        item_embeddings = embedding_matrix(
             paths.item_embeddings, "item_id",
             pq.read_table(require(paths.item_features, "fit_retrieval"), columns=["item_id"])["item_id"].to_numpy(),
         )

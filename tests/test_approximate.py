@@ -15,7 +15,7 @@ from recsys_tasks.paths import RunPaths
 
 def small_catalog(items: int = 3000, users: int = 60, dim: int = 16):
     """Random embeddings (a bias column like popularity_bias), a heavy clicker and a user who saw nearly all."""
-    from recsys_tasks.scoring import Catalog, seen_csr
+    from recsys_tasks.catalog import Catalog, seen_csr
 
     rng = np.random.default_rng(3)
     item_emb = rng.standard_normal((items, dim)).astype(np.float32)
@@ -34,7 +34,7 @@ def small_catalog(items: int = 3000, users: int = 60, dim: int = 16):
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
 def test_approximate_kernels_fill_every_list_without_seen_items(kind):
-    from recsys_tasks.scoring import attach_index, retrieve
+    from recsys_tasks.candidates import attach_index, retrieve
 
     catalog = small_catalog()
     # Random Gaussian vectors are IVF's worst case (no clusters): probe 64 of the 76 cells here. The
@@ -65,7 +65,7 @@ def test_approximate_kernels_fill_every_list_without_seen_items(kind):
 
 def test_exhaustive_ivf_gives_the_exact_lists():
     """Probing every cell makes IVF exhaustive: then its lists are exact retrieval's, in the same order."""
-    from recsys_tasks.scoring import attach_index, retrieve
+    from recsys_tasks.candidates import attach_index, retrieve
 
     catalog = small_catalog()
     settings = Config().with_overrides({"scoring.ivf_lists": 16, "scoring.ivf_probe": 16}).scoring
@@ -78,7 +78,7 @@ def test_exhaustive_ivf_gives_the_exact_lists():
 
 
 def test_auto_retrieves_exactly_below_the_measured_catalog_size():
-    from recsys_tasks.scoring import retrieval_kernel
+    from recsys_tasks.candidates import retrieval_kernel
 
     settings = Config().scoring
     assert retrieval_kernel("auto", settings.ann_min_items - 1, settings) == "tiled"  # no GPU here
@@ -116,9 +116,10 @@ def test_score_stage_with_an_approximate_index_shared_by_its_shards(pipeline_run
 
 @pytest.mark.parametrize("pair_kernel", ["numba", "tensorflow"])
 def test_split_dlrm_scores_every_pair_as_the_model_does(pipeline_run, pair_kernel):
+    from recsys_tasks.candidates import retrieve
+    from recsys_tasks.catalog import load_catalog
     from recsys_tasks.dlrm_parts import FactoredRanker, WholeModelRanker, make_ranker
     from recsys_tasks.ranking import load_dlrm
-    from recsys_tasks.scoring import load_catalog, retrieve
 
     config, paths, _ = pipeline_run
     catalog = load_catalog(paths)
@@ -141,10 +142,10 @@ def test_pair_kernel_is_numba_on_a_cpu_unless_an_activation_has_no_kernel(pipeli
 
     import tensorflow as tf
 
+    from recsys_tasks.catalog import load_catalog
     from recsys_tasks.dlrm_cpu import UnsupportedActivation, cpu_activation_codes
     from recsys_tasks.dlrm_parts import extract_parts, pair_kernel_for
     from recsys_tasks.ranking import load_dlrm
-    from recsys_tasks.scoring import load_catalog
 
     _, paths, _ = pipeline_run
     catalog = load_catalog(paths)
@@ -161,8 +162,8 @@ def test_pair_kernel_is_numba_on_a_cpu_unless_an_activation_has_no_kernel(pipeli
 
 def test_split_dlrm_falls_back_to_the_whole_model_when_it_does_not_match(pipeline_run, monkeypatch, caplog):
     from recsys_tasks import dlrm_parts
+    from recsys_tasks.catalog import load_catalog
     from recsys_tasks.ranking import load_dlrm
-    from recsys_tasks.scoring import load_catalog
 
     _, paths, _ = pipeline_run
     catalog = load_catalog(paths)

@@ -157,7 +157,8 @@ def test_retrieve_equals_masking_then_top_k(ties, kernel):
     """Both retrieval kernels give exactly the top-k of the scores with seen items set to -inf."""
     import tensorflow as tf
 
-    from recsys_tasks.scoring import Catalog, retrieve, seen_csr
+    from recsys_tasks.candidates import retrieve
+    from recsys_tasks.catalog import Catalog, seen_csr
 
     rng = np.random.default_rng(11)
     users, items, k = 40, 5000, 10  # 5000 items: several tiles of the CPU kernel, the last one partial
@@ -188,7 +189,7 @@ def test_retrieve_equals_masking_then_top_k(ties, kernel):
 
 
 def test_tiled_kernel_is_the_cpu_default():
-    from recsys_tasks.scoring import retrieval_kernel
+    from recsys_tasks.candidates import retrieval_kernel
 
     assert retrieval_kernel("auto") == "tiled"  # no GPU on this machine
     assert retrieval_kernel("tensorflow") == "tensorflow"

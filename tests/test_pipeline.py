@@ -144,8 +144,9 @@ def test_score_matches_a_per_user_reference(pipeline_run):
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 1000])
 def test_scoring_does_not_depend_on_chunk_size(pipeline_run, chunk_size):
+    from recsys_tasks.catalog import load_catalog
     from recsys_tasks.ranking import load_dlrm
-    from recsys_tasks.scoring import iter_user_chunks, load_catalog, score_chunk
+    from recsys_tasks.scoring import iter_user_chunks, score_chunk
 
     config, paths, _ = pipeline_run
     catalog = load_catalog(paths)

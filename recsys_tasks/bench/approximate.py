@@ -25,7 +25,7 @@ KINDS = ("ivf", "hnsw")
 
 
 def _timed_retrieval(catalog: Any, rows: np.ndarray, k: int, kernel: str, chunk_users: int) -> tuple[np.ndarray, float]:
-    from ..scoring import retrieve
+    from ..candidates import retrieve
 
     retrieve(catalog, rows[: min(len(rows), 64)], k, kernel)  # compile / warm caches outside the timing
     started = time.perf_counter()
@@ -79,9 +79,10 @@ def _index_settings(scoring: ScoringConfig) -> dict[str, Any]:
 def measure_approximate(paths: RunPaths, sample_users: int, top_ks: tuple[int, ...], top_n: int,
                         chunk_users: int, rank_batch_rows: int, scoring: ScoringConfig | None = None) -> dict[str, Any]:
     """Each index kind vs exact on the same users: build time, users/s, candidate recall, final top-N overlap."""
+    from ..candidates import attach_index
+    from ..catalog import load_catalog
     from ..dlrm_parts import make_ranker
     from ..ranking import load_dlrm
-    from ..scoring import attach_index, load_catalog
 
     scoring = scoring or Config().scoring
     top_ks = tuple(dict.fromkeys(top_ks))  # K=20 and the default K may be the same
@@ -136,7 +137,8 @@ def measure_large_catalog(items: int, sample_users: int, k: int, chunk_users: in
                           scoring: ScoringConfig | None = None, dim: int = 64,
                           kinds: tuple[str, ...] = KINDS) -> dict[str, Any]:
     """Retrieval only, on a synthetic ``items``-item catalog: exact kernel vs each index kind."""
-    from ..scoring import Catalog, attach_index
+    from ..candidates import attach_index
+    from ..catalog import Catalog
 
     scoring = scoring or Config().scoring
     rng = np.random.default_rng(seed)

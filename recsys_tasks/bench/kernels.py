@@ -17,9 +17,10 @@ def measure_ranking(paths: RunPaths, sample_users: int, k: int, batch_rows: int)
 
     Also checks that the three agree: scores within float rounding, and the same top lists.
     """
+    from ..candidates import retrieve
+    from ..catalog import load_catalog
     from ..dlrm_parts import FactoredRanker, make_ranker, pair_features, rank_pairs
     from ..ranking import load_dlrm
-    from ..scoring import load_catalog, retrieve
 
     catalog = load_catalog(paths)
     model = load_dlrm(paths.dlrm)
@@ -92,7 +93,9 @@ def measure_retrieval(paths: RunPaths, sample_users: int, k: int, chunk_users: i
     quiet_tensorflow()
     import tensorflow as tf
 
-    from ..scoring import iter_user_chunks, load_catalog, retrieve
+    from ..candidates import retrieve
+    from ..catalog import load_catalog
+    from ..scoring import iter_user_chunks
     from ..topk import kernel_threads, matmul_only
 
     catalog = load_catalog(paths)

@@ -82,7 +82,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2, default=str))
 
-    from ..scoring import retrieval_kernel
+    from ..candidates import retrieval_kernel
 
     # Exact retrieval for every run but the approximate one: `auto` would switch to an index on a large
     # catalog. Without catalog settings `retrieval_kernel` names the device's exact kernel.
