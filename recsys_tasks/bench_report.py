@@ -63,7 +63,11 @@ def plot(points: list[dict[str, Any]], target: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("users (items = users / 10, impressions = 20 x users)")
     ax.set_ylabel("seconds")
-    ax.set_title("DAG tasks against data size (airflow dags test, 2 shared cores)")
+    loads = [p["load"] for p in ordered if p.get("load", {}).get("cores")]
+    means = [load["mean_1min"] for load in loads]
+    machine = (f"{loads[0]['cores']} cores, mean 1-min load {min(means):.1f}-{max(means):.1f}" if loads
+               else "load not recorded")
+    ax.set_title(f"DAG tasks against data size (airflow dags test, {machine})", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()

@@ -270,7 +270,8 @@ def collect_parts(config: Config, paths: RunPaths) -> dict[str, Any]:
         "top_k": config.scoring.top_k,
         "top_n": config.scoring.top_n,
         "num_shards": plan["num_shards"],
-        "retrieval_kernel": plan["retrieval_kernel"],
+        # A plan written before the kernel was recorded (an upgrade between planning and collecting) has none.
+        "retrieval_kernel": plan.get("retrieval_kernel", "not recorded"),
         "short_lists": int(sum(s["short_lists"] for s in shards)),
         "users_per_s": round(rows / max(sum(s["seconds"] for s in shards), 1e-9), 1),
         "slowest_shard_s": busiest,

@@ -119,7 +119,7 @@ def finish_scored_run(paths) -> None:
     items = sorted({i for t in tables for items in t.column("recommendations").to_pylist() for i in items})
     paths.scoring_shards.mkdir(parents=True, exist_ok=True)
     paths.scoring_plan.write_text(json.dumps({"num_shards": len(parts), "users": users,
-                                              "shards": list(range(len(parts)))}))
+                                              "shards": list(range(len(parts))), "retrieval_kernel": "tiled"}))
     for index, table in enumerate(tables):
         paths.shard_summary(index).write_text(json.dumps(
             {"shard_index": index, "users": table.num_rows, "seconds": 0.1, "short_lists": 0,
