@@ -14,21 +14,25 @@ import numpy as np
 from .catalog import Catalog
 
 
+def exact_kernel() -> str:
+    """The exact retrieval implementation for this device: ``tensorflow`` on a GPU, ``tiled`` on a CPU."""
+    from .common import device
+
+    return "tensorflow" if device() != "cpu" else "tiled"
+
+
 def retrieval_kernel(requested: str, num_items: int = 0, settings: Any = None) -> str:
     """The retrieval implementation to use for ``scoring.retrieval_kernel=requested``.
 
-    ``auto``: ``tensorflow`` on a GPU; on a CPU ``tiled`` (exact) for catalogs below
-    ``settings.ann_min_items`` and ``settings.ann_kernel`` (approximate) from there on.
+    ``auto``: :func:`exact_kernel`, except on a CPU for catalogs of ``settings.ann_min_items`` or more,
+    where it is ``settings.ann_kernel`` (approximate).
     """
     if requested != "auto":
         return requested
-    from .common import device
-
-    if device() != "cpu":
-        return "tensorflow"
-    if settings is not None and num_items >= settings.ann_min_items:
+    exact = exact_kernel()
+    if exact == "tiled" and settings is not None and num_items >= settings.ann_min_items:
         return settings.ann_kernel
-    return "tiled"
+    return exact
 
 
 def attach_index(catalog: Catalog, kind: str, settings: Any, path: Path | None = None) -> None:

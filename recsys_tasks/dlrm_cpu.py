@@ -124,12 +124,10 @@ class CpuPairs:
     def __call__(self, user_vectors: np.ndarray, user_terms: np.ndarray, item_vectors: np.ndarray,
                  item_terms: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """``[users, k]`` click probabilities; ``candidates`` index the item arrays' rows."""
-        import scipy.linalg.cython_blas  # noqa: F401  (loaded before the limit below can see it)
-        from threadpoolctl import threadpool_limits
+        from .topk import single_thread_blas
 
         out = np.empty(candidates.shape, dtype=np.float32)
-        # Threads come from numba, one per core; a BLAS call that started its own would oversubscribe.
-        with threadpool_limits(limits=1, user_api="blas"):
+        with single_thread_blas():
             _score_pairs(np.ascontiguousarray(user_vectors, dtype=np.float32),
                          np.ascontiguousarray(user_terms, dtype=np.float32),
                          np.ascontiguousarray(item_vectors, dtype=np.float32),

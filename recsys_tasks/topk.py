@@ -12,6 +12,9 @@ TensorFlow's in the last bit. :mod:`recsys_tasks.scoring` uses this on the CPU a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 from numba import njit, prange
 
@@ -21,6 +24,17 @@ USER_TILE = 512
 """Users per thread task; 4096 users give each of two cores several tasks to balance."""
 _SCAN_BLOCK = 16
 """Scores compared at once against a user's current k-th best (one vector max, usually no branch)."""
+
+
+@contextmanager
+def single_thread_blas() -> Iterator[None]:
+    """BLAS limited to one thread while numba kernels run: their threads come from numba, one per core,
+    and a BLAS call (``np.dot`` in numba calls scipy's ``sgemm``) that started its own would oversubscribe."""
+    import scipy.linalg.cython_blas  # noqa: F401  (loaded before the limit below can see it)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def pack_items(item_embeddings: np.ndarray, tile: int = ITEM_TILE) -> np.ndarray:
@@ -102,16 +116,12 @@ def top_k_unseen(queries: np.ndarray, packed_items: np.ndarray, num_items: int, 
     Returns ``(item_rows, scores)``, both ``[len(queries), k]``; where fewer than k unseen items
     exist the tail holds item row -1 and score -inf.
     """
-    import scipy.linalg.cython_blas  # noqa: F401  (loaded before the limit below can see it)
-    from threadpoolctl import threadpool_limits
-
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_items = np.full((len(queries), k), -1, dtype=np.int64)
     if len(queries) == 0 or k == 0:
         return best_items, best_scores
-    # Threads come from numba, one per core; a BLAS call that started its own would oversubscribe.
-    with threadpool_limits(limits=1, user_api="blas"):
+    with single_thread_blas():
         _top_k_tiles(queries, packed_items, num_items, seen_indptr, seen_items,
                      np.asarray(catalog_rows, dtype=np.int64), user_tile, best_scores, best_items)
     return best_items, best_scores
@@ -135,10 +145,7 @@ def _matmul_tiles(queries: np.ndarray, packed: np.ndarray, user_tile: int) -> fl
 
 def matmul_only(queries: np.ndarray, packed_items: np.ndarray, user_tile: int = USER_TILE) -> None:
     """The kernel's matrix products alone (same tiles, BLAS and threads, no top-k): the bench's ceiling."""
-    import scipy.linalg.cython_blas  # noqa: F401
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
+    with single_thread_blas():
         _matmul_tiles(np.ascontiguousarray(queries, dtype=np.float32), packed_items, user_tile)
 
 

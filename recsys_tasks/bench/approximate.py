@@ -115,15 +115,10 @@ def measure_approximate(paths: RunPaths, sample_users: int, top_ks: tuple[int, .
             }
             log.info("approximate %s K=%d: %s", kind, k, entry[kind])
         # The search-time parameter swept on the same trained embeddings (how the defaults were chosen).
-        for value in SWEEP[kind]:
-            setattr_search(catalog.ann_index, kind, value)
-            for k in top_ks:
-                candidates, seconds = _timed_retrieval(catalog, rows, k, kind, chunk_users)
-                point = {"value": value, "users_per_s": _rate(len(rows), seconds),
-                         "candidate_recall": round(candidate_recall(candidates, exact[k]), 4)}
-                results["by_k"][str(k)][kind].setdefault("sweep", {"parameter": SWEEP_PARAMETER[kind],
-                                                                   "points": []})["points"].append(point)
-                log.info("approximate %s K=%d %s=%d: %s", kind, k, SWEEP_PARAMETER[kind], value, point)
+        for k in top_ks:
+            entry = results["by_k"][str(k)]
+            entry[kind]["sweep"] = sweep_search(catalog, rows, kind, k, exact[k], entry["exact_users_per_s"],
+                                                chunk_users)
     return results
 
 
@@ -168,15 +163,7 @@ def measure_large_catalog(items: int, sample_users: int, k: int, chunk_users: in
                          "candidate_recall": round(candidate_recall(candidates, exact), 4)}
         log.info("large catalog %s: %s", kind, results[kind])
         # The search-time parameter swept on the same index (how the defaults were chosen).
-        sweep = []
-        for value in SWEEP[kind]:
-            setattr_search(catalog.ann_index, kind, value)
-            candidates, seconds = _timed_retrieval(catalog, rows, k, kind, chunk_users)
-            sweep.append({"value": value, "users_per_s": _rate(sample_users, seconds),
-                          "speedup_vs_exact": round(sample_users / seconds / results["exact_users_per_s"], 2),
-                          "candidate_recall": round(candidate_recall(candidates, exact), 4)})
-            log.info("large catalog %s %s=%d: %s", kind, SWEEP_PARAMETER[kind], value, sweep[-1])
-        results[kind]["sweep"] = {"parameter": SWEEP_PARAMETER[kind], "points": sweep}
+        results[kind]["sweep"] = sweep_search(catalog, rows, kind, k, exact, results["exact_users_per_s"], chunk_users)
         catalog.ann_index = None
     return results
 
@@ -184,6 +171,23 @@ def measure_large_catalog(items: int, sample_users: int, k: int, chunk_users: in
 SWEEP = {"ivf": (16, 32, 64, 128), "hnsw": (64, 128, 256)}
 """Search-time values swept on each index (the defaults are ``scoring.ivf_probe`` and ``hnsw_ef_search``)."""
 SWEEP_PARAMETER = {"ivf": "ivf_probe", "hnsw": "hnsw_ef_search"}
+
+
+def sweep_search(catalog: Any, rows: np.ndarray, kind: str, k: int, exact: np.ndarray, exact_users_per_s: float,
+                 chunk_users: int) -> dict[str, Any]:
+    """Users/s, speedup over exact and candidate recall at each ``SWEEP`` value of the catalog's index.
+
+    Leaves the index at the last value swept.
+    """
+    points = []
+    for value in SWEEP[kind]:
+        setattr_search(catalog.ann_index, kind, value)
+        candidates, seconds = _timed_retrieval(catalog, rows, k, kind, chunk_users)
+        points.append({"value": value, "users_per_s": _rate(len(rows), seconds),
+                       "speedup_vs_exact": round(len(rows) / seconds / exact_users_per_s, 2),
+                       "candidate_recall": round(candidate_recall(candidates, exact), 4)})
+        log.info("%s K=%d %s=%d: %s", kind, k, SWEEP_PARAMETER[kind], value, points[-1])
+    return {"parameter": SWEEP_PARAMETER[kind], "points": points}
 
 
 def setattr_search(index: Any, kind: str, value: int) -> None:

@@ -82,11 +82,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2, default=str))
 
-    from ..candidates import retrieval_kernel
+    from ..candidates import exact_kernel
 
-    # Exact retrieval for every run but the approximate one: `auto` would switch to an index on a large
-    # catalog. Without catalog settings `retrieval_kernel` names the device's exact kernel.
-    exact = retrieval_kernel("auto")
+    # Exact retrieval for every run but the approximate one: `auto` would switch to an index on a large catalog.
+    exact = exact_kernel()
 
     def child(run: RunPaths, top_k: int, top_n: int, name: str, kernel: str = exact) -> dict[str, Any]:
         target = work / f"score_{name}.json"
