@@ -18,5 +18,5 @@ lint: setup
 clean:
 	@echo "make clean: stops the local Redis and deletes .airflow/ (metadata, logs), .redis/ (its data),"
 	@echo "  .partitions/ and artifacts/ (every run directory: models, recommendations, report.json, report.md, plots)"
-	-.venv/bin/python -m recsys_tasks.local_redis stop --dir .redis
+	-.venv/bin/python -m recsys_tasks.ops.local_redis stop --dir .redis
 	rm -rf .airflow .airflow.* .redis .partitions artifacts

@@ -44,8 +44,8 @@ def task_run_dir(context: Any, config: Any) -> Path:
 
     The first task of a run records the run id, logical date and start time in its ``run.json`` (retention
     orders runs by it and asks Airflow whether that run id is still running)."""
+    from recsys_tasks.ops.retention import record_run
     from recsys_tasks.paths import RunPaths, run_dir_for
-    from recsys_tasks.retention import record_run
 
     run_dir = run_dir_for(config.artifact_root, context["dag"].dag_id, context["run_id"])
     record_run(RunPaths(run_dir), run_id=context["run_id"], logical_date=logical_date(context))
@@ -86,7 +86,7 @@ def run_stage(name: str, context: Any) -> dict[str, Any]:
 
 def plan_scoring_shards(context: Any) -> list[int]:
     """Clear the run's recommendation parts, record the shard count; the shard indices feed ``.expand()``."""
-    from recsys_tasks.scoring import plan_shards
+    from recsys_tasks.scoring.stage import plan_shards
 
     config = task_config(context)
     return plan_shards(config, task_run_dir(context, config))["shards"]
@@ -96,7 +96,7 @@ def score_shard(shard_index: int, context: Any) -> dict[str, Any]:
     """One mapped ``score`` task instance: its shard's users into its own part file."""
     import logging
 
-    from recsys_tasks.scoring import score_shard as run
+    from recsys_tasks.scoring.stage import score_shard as run
 
     logging.getLogger("recsys_tasks").setLevel(logging.INFO)
     config = task_config(context)
@@ -105,7 +105,7 @@ def score_shard(shard_index: int, context: Any) -> dict[str, Any]:
 
 def collect_scoring_shards(context: Any) -> dict[str, Any]:
     """After all shards: check every planned part is in (and nothing else) and write the score summary."""
-    from recsys_tasks.scoring import collect_shards
+    from recsys_tasks.scoring.stage import collect_shards
 
     config = task_config(context)
     return collect_shards(config, task_run_dir(context, config))
@@ -149,7 +149,7 @@ def load_and_announce(context: Any) -> dict[str, Any]:
     """
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-    from recsys_tasks.quality import QualityGateError
+    from recsys_tasks.evaluation.gate import QualityGateError
 
     try:
         summary = run_stage("load_redis", context)
@@ -172,8 +172,8 @@ def load_and_announce(context: Any) -> dict[str, Any]:
 def prune_run_dirs(context: Any) -> dict[str, Any]:
     """Keep the newest ``retention.keep_runs`` run directories of this DAG; never the run the Redis manifest
     names, this run, or a run Airflow reports as queued or running."""
+    from recsys_tasks.ops.retention import prune_runs
     from recsys_tasks.paths import run_dir_for
-    from recsys_tasks.retention import prune_runs
     from recsys_tasks.store import read_manifest
 
     config = task_config(context)

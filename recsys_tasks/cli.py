@@ -26,12 +26,12 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def stage_functions() -> dict[str, Any]:
-    from .data import generate_data
-    from .evaluate import evaluate
-    from .ranking import fit_ranking
-    from .retrieval import fit_retrieval
-    from .scoring import score
-    from .transform import transform
+    from .data.sources import generate_data
+    from .evaluation.evaluate import evaluate
+    from .features.workflow import transform
+    from .scoring.stage import score
+    from .training.ranking import fit_ranking
+    from .training.retrieval import fit_retrieval
 
     return {
         "generate_data": generate_data,
@@ -46,8 +46,8 @@ def stage_functions() -> dict[str, Any]:
 def run_stage(name: str, config: Config, run_dir: Path, *, redis_client: Any = None, run_id: str = "manual",
               logical_date: str = "") -> dict[str, Any]:
     if name == "load_redis":
-        from .common import cpu_seconds, load_average, memory_usage, reset_peak_rss, write_summary
         from .paths import RunPaths
+        from .runtime import cpu_seconds, load_average, memory_usage, reset_peak_rss, write_summary
         from .store import load_redis
 
         if redis_client is None:
@@ -96,15 +96,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
-        from .bench import main as bench_main
+        from .bench.scoring.runner import main as bench_main
 
         return bench_main(argv[1:])
     if argv[:1] == ["bench-store"]:
-        from .bench_store import main as bench_store_main
+        from .bench.store import main as bench_store_main
 
         return bench_store_main(argv[1:])
     if argv[:1] == ["bench-pipeline"]:
-        from .bench_pipeline import main as bench_pipeline_main
+        from .bench.pipeline import main as bench_pipeline_main
 
         return bench_pipeline_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m recsys_tasks", description=__doc__)
@@ -168,8 +168,8 @@ def make_partitions(config: Config, root: Path, start: str, days: int, rows_per_
     """Planted impressions of one user/item population written as ``days`` daily partitions under ``root``."""
     import datetime
 
-    from .partitions import write_partitions
-    from .planted import generate_planted
+    from .data.partitions import write_partitions
+    from .data.planted import generate_planted
 
     if days < 1:
         raise ConfigError(f"--days must be >= 1, got {days}")

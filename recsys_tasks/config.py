@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Stage 1: raw Ali-CCP impressions (``recsys_tasks/data.py``: the three sources; ``planted.py``: the generator)."""
+    """Stage 1: raw Ali-CCP impressions (``recsys_tasks/data/``: the three sources and the planted generator)."""
 
     source: str = "planted"
     """``planted`` (synthetic, learnable, known truth), ``merlin`` (the notebook's random clicks) or
@@ -57,7 +57,7 @@ class DataConfig:
     partition_root: str = ""
     """``parquet``, daily partitions: a directory of ``dt=YYYY-MM-DD/`` sub-directories of parquet files.
     When set (instead of ``train_path``/``valid_path``) each run reads the ``window_days`` partitions
-    ending at ``end_date`` (see :mod:`recsys_tasks.partitions`)."""
+    ending at ``end_date`` (see :mod:`recsys_tasks.data.partitions`)."""
     end_date: str = ""
     """Daily partitions: the last day of the window, ``YYYY-MM-DD``. The DAG sets it to the run's logical
     date (a backfill date reads its own window); the command line must give it."""
@@ -95,7 +95,7 @@ class RetrievalConfig:
     """MLP layers of each tower; the last one is the embedding size."""
     optimizer: str = "lazy_adam"
     """``lazy_adam`` (Adam that updates only the embedding rows a batch looked up, see
-    :func:`recsys_tasks.common.lazy_adam_class`: the step cost does not grow with the number of users) or
+    :func:`recsys_tasks.training.optimizers.lazy_adam_class`: the step cost does not grow with the number of users) or
     any Keras optimizer name (``adam`` rewrites every embedding row on every step)."""
     batch_size_rows: int = 512
     """The notebook uses 4096 and 2 epochs: on 100,000 impressions (~7,000 clicks) that is 4 gradient
@@ -105,7 +105,7 @@ class RetrievalConfig:
     """At most this many passes over the training clicks (see ``early_stopping_patience``)."""
     early_stopping_patience: int = 1
     """Stop after this many epochs without a lower validation loss (in-batch loss on the validation clicks)
-    and keep the best epoch's weights; 0 trains exactly ``epochs`` epochs. See ``recsys_tasks/training.py``:
+    and keep the best epoch's weights; 0 trains exactly ``epochs`` epochs. See ``recsys_tasks/training/loader.py``:
     how many epochs help depends on the data (8 at 2,000 users, 2 at 100,000 users on planted data)."""
     eval_k: int = 10
     """Cut-off of the full-catalog recall/ndcg evaluation."""
@@ -148,11 +148,13 @@ class ScoringConfig:
     """Users retrieved and ranked per step (bounds memory: on a GPU a chunk x catalog score matrix)."""
     rank_batch_rows: int = 16_384
     """(user, item) pairs per TensorFlow DLRM call: the whole model, or the split's per-pair step on a GPU
-    (on a CPU that step is the numba kernel of :mod:`recsys_tasks.dlrm_cpu`, 32 users per thread task)."""
+    (on a CPU that step is the numba kernel of :mod:`recsys_tasks.scoring.kernels.dlrm_cpu`, 32 users per
+    thread task)."""
     retrieval_kernel: str = "auto"
-    """Exact: ``tiled`` (CPU: BLAS on cache-sized tiles folded into a running top-k, :mod:`recsys_tasks.topk`)
+    """Exact: ``tiled`` (CPU: BLAS on cache-sized tiles folded into a running top-k,
+    :mod:`recsys_tasks.scoring.kernels.topk`)
     or ``tensorflow`` (one matrix product per chunk, seen items masked, ``tf.math.top_k``: fastest on a
-    GPU); same lists either way. Approximate (FAISS, :mod:`recsys_tasks.ann`): ``ivf`` or ``hnsw``.
+    GPU); same lists either way. Approximate (FAISS, :mod:`recsys_tasks.scoring.kernels.ann`): ``ivf`` or ``hnsw``.
     ``auto``: ``tensorflow`` when TensorFlow sees a GPU; on a CPU ``tiled`` below ``ann_min_items``
     items and ``ann_kernel`` from there on."""
     ann_kernel: str = "ivf"
@@ -180,7 +182,7 @@ class ScoringConfig:
     hnsw_ef_search: int = 128
     """``hnsw``: candidate list size per query (recall vs speed; at least the number fetched)."""
     factored_ranking: bool = True
-    """Rank with the DLRM split into per-user, per-item and cross parts (:mod:`recsys_tasks.dlrm_parts`;
+    """Rank with the DLRM split into per-user, per-item and cross parts (:mod:`recsys_tasks.scoring.ranker`;
     same scores up to float rounding); ``false``, or a model of another shape, runs the whole model per pair."""
     num_shards: int = 1
     """Users are split into this many contiguous shards, scored independently (one mapped Airflow task
@@ -242,7 +244,7 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class QualityConfig:
-    """The gate ``load_redis`` runs before writing anything (see ``recsys_tasks/quality.py``)."""
+    """The gate ``load_redis`` runs before writing anything (see ``recsys_tasks/evaluation/gate.py``)."""
 
     min_recall_lift: float = 1.2
     """Retrieval recall@10 must be at least this multiple of the popularity baseline's."""

@@ -30,7 +30,7 @@ class RunPaths:
 
     @property
     def run_info(self) -> Path:
-        """Run id, logical date and start time of the run (``recsys_tasks.retention``)."""
+        """Run id, logical date and start time of the run (``recsys_tasks.ops.retention``)."""
         return self.root / "run.json"
 
     # stage 1

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .common import InputDataError
+from .runtime import InputDataError
 
 RAW_ID_COLUMNS = ("user_id", "item_id")
 RAW_TARGET = "click"

@@ -9,7 +9,7 @@ source "$(dirname "$0")/airflow_env.sh"
 cd "$REPO"
 
 if [ -z "${AIRFLOW_CONN_REDIS_RECS:-}" ]; then
-  python -m recsys_tasks.local_redis start --port "$RECSYS_LOCAL_REDIS_PORT" --dir "$REPO/.redis"
+  python -m recsys_tasks.ops.local_redis start --port "$RECSYS_LOCAL_REDIS_PORT" --dir "$REPO/.redis"
   export AIRFLOW_CONN_REDIS_RECS="redis://127.0.0.1:$RECSYS_LOCAL_REDIS_PORT"
 fi
 [ -n "${ROWS:-}" ] && export RECSYS__DATA__NUM_ROWS=$ROWS

@@ -239,7 +239,7 @@ cmd_up() {
   mkdir -p "$STACK_DIR/broker" "$STACK_DIR/redis-recs"
   start broker redis-server --port "$BROKER_PORT" --bind 127.0.0.1 --requirepass "$BROKER_PASSWORD" \
     --save "" --appendonly no --dir "$STACK_DIR/broker"
-  rejson=$("$MAIN_VENV/bin/python" -m recsys_tasks.local_redis module)
+  rejson=$("$MAIN_VENV/bin/python" -m recsys_tasks.ops.local_redis module)
   start redis-recs redis-server --port "$REDIS_RECS_PORT" --bind 127.0.0.1 --requirepass "$REDIS_RECS_PASSWORD" \
     --appendonly yes --dir "$STACK_DIR/redis-recs" --loadmodule "$rejson"
   wait_for "broker redis on :$BROKER_PORT" broker_ok

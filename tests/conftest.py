@@ -34,7 +34,7 @@ TINY = {
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
-    from recsys_tasks.local_redis import LocalRedis, free_port
+    from recsys_tasks.ops.local_redis import LocalRedis, free_port
 
     server = LocalRedis(free_port(), tmp_path_factory.mktemp("redis")).start()
     yield server
@@ -55,7 +55,7 @@ def redis_client(redis_server):
 def aof_redis(tmp_path_factory):
     """A Redis (one per test module) that persists every acknowledged write (append-only file), so a test
     can kill it and start it again with its data."""
-    from recsys_tasks.local_redis import LocalRedis, free_port
+    from recsys_tasks.ops.local_redis import LocalRedis, free_port
 
     server = LocalRedis(free_port(), tmp_path_factory.mktemp("aof_redis"), appendonly=True).start()
     yield server
@@ -111,7 +111,7 @@ def finish_scored_run(paths) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from recsys_tasks.evaluate import recommendations_fingerprint
+    from recsys_tasks.evaluation.evaluate import recommendations_fingerprint
 
     parts = sorted(paths.recommendations.glob("*.parquet"))
     tables = [pq.read_table(p) for p in parts]
@@ -153,7 +153,7 @@ def write_recs(path, rows):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from recsys_tasks.scoring import recommendations_schema
+    from recsys_tasks.scoring.stage import recommendations_schema
 
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist([{"user_id_encoded": i, **r} for i, r in enumerate(rows)],
@@ -163,8 +163,8 @@ def write_recs(path, rows):
 
 def make_run(tmp_path, name, rows):
     """A run directory holding what the 'score' stage leaves behind."""
-    from recsys_tasks.common import write_summary
     from recsys_tasks.paths import RunPaths
+    from recsys_tasks.runtime import write_summary
 
     paths = RunPaths(tmp_path / name)
     write_recs(paths.recommendation_part(0), rows)

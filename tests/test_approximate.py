@@ -15,7 +15,7 @@ from recsys_tasks.paths import RunPaths
 
 def small_catalog(items: int = 3000, users: int = 60, dim: int = 16):
     """Random embeddings (a bias column like popularity_bias), a heavy clicker and a user who saw nearly all."""
-    from recsys_tasks.catalog import Catalog, seen_csr
+    from recsys_tasks.scoring.catalog import Catalog, seen_csr
 
     rng = np.random.default_rng(3)
     item_emb = rng.standard_normal((items, dim)).astype(np.float32)
@@ -34,7 +34,7 @@ def small_catalog(items: int = 3000, users: int = 60, dim: int = 16):
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
 def test_approximate_kernels_fill_every_list_without_seen_items(kind):
-    from recsys_tasks.candidates import attach_index, retrieve
+    from recsys_tasks.scoring.candidates import attach_index, retrieve
 
     catalog = small_catalog()
     # Random Gaussian vectors are IVF's worst case (no clusters): probe 64 of the 76 cells here. The
@@ -65,7 +65,7 @@ def test_approximate_kernels_fill_every_list_without_seen_items(kind):
 
 def test_exhaustive_ivf_gives_the_exact_lists():
     """Probing every cell makes IVF exhaustive: then its lists are exact retrieval's, in the same order."""
-    from recsys_tasks.candidates import attach_index, retrieve
+    from recsys_tasks.scoring.candidates import attach_index, retrieve
 
     catalog = small_catalog()
     settings = Config().with_overrides({"scoring.ivf_lists": 16, "scoring.ivf_probe": 16}).scoring
@@ -78,7 +78,7 @@ def test_exhaustive_ivf_gives_the_exact_lists():
 
 
 def test_auto_retrieves_exactly_below_the_measured_catalog_size():
-    from recsys_tasks.candidates import retrieval_kernel
+    from recsys_tasks.scoring.candidates import retrieval_kernel
 
     settings = Config().scoring
     assert retrieval_kernel("auto", settings.ann_min_items - 1, settings) == "tiled"  # no GPU here
@@ -88,8 +88,8 @@ def test_auto_retrieves_exactly_below_the_measured_catalog_size():
 
 def test_score_stage_with_an_approximate_index_shared_by_its_shards(pipeline_run, tmp_path):
     """One index per run, built by the plan and read by every shard; lists as exact scoring's on tiny data."""
-    from recsys_tasks.ann import AnnIndexError
-    from recsys_tasks.scoring import collect_shards, plan_shards, score_shard
+    from recsys_tasks.scoring.kernels.ann import AnnIndexError
+    from recsys_tasks.scoring.stage import collect_shards, plan_shards, score_shard
 
     config, paths, _ = pipeline_run
     target = RunPaths(tmp_path / "run")
@@ -116,10 +116,10 @@ def test_score_stage_with_an_approximate_index_shared_by_its_shards(pipeline_run
 
 @pytest.mark.parametrize("pair_kernel", ["numba", "tensorflow"])
 def test_split_dlrm_scores_every_pair_as_the_model_does(pipeline_run, pair_kernel):
-    from recsys_tasks.candidates import retrieve
-    from recsys_tasks.catalog import load_catalog
-    from recsys_tasks.dlrm_parts import FactoredRanker, WholeModelRanker, make_ranker
-    from recsys_tasks.ranking import load_dlrm
+    from recsys_tasks.scoring.candidates import retrieve
+    from recsys_tasks.scoring.catalog import load_catalog
+    from recsys_tasks.scoring.ranker import FactoredRanker, WholeModelRanker, make_ranker
+    from recsys_tasks.training.ranking import load_dlrm
 
     config, paths, _ = pipeline_run
     catalog = load_catalog(paths)
@@ -142,10 +142,10 @@ def test_pair_kernel_is_numba_on_a_cpu_unless_an_activation_has_no_kernel(pipeli
 
     import tensorflow as tf
 
-    from recsys_tasks.catalog import load_catalog
-    from recsys_tasks.dlrm_cpu import UnsupportedActivation, cpu_activation_codes
-    from recsys_tasks.dlrm_parts import extract_parts, pair_kernel_for
-    from recsys_tasks.ranking import load_dlrm
+    from recsys_tasks.scoring.catalog import load_catalog
+    from recsys_tasks.scoring.kernels.dlrm_cpu import UnsupportedActivation, cpu_activation_codes
+    from recsys_tasks.scoring.ranker import extract_parts, pair_kernel_for
+    from recsys_tasks.training.ranking import load_dlrm
 
     _, paths, _ = pipeline_run
     catalog = load_catalog(paths)
@@ -161,9 +161,9 @@ def test_pair_kernel_is_numba_on_a_cpu_unless_an_activation_has_no_kernel(pipeli
 
 
 def test_split_dlrm_falls_back_to_the_whole_model_when_it_does_not_match(pipeline_run, monkeypatch, caplog):
-    from recsys_tasks import dlrm_parts
-    from recsys_tasks.catalog import load_catalog
-    from recsys_tasks.ranking import load_dlrm
+    from recsys_tasks.scoring import ranker as dlrm_parts
+    from recsys_tasks.scoring.catalog import load_catalog
+    from recsys_tasks.training.ranking import load_dlrm
 
     _, paths, _ = pipeline_run
     catalog = load_catalog(paths)
@@ -183,7 +183,7 @@ def test_cpu_pair_kernel_matches_a_numpy_reference():
 
     import tensorflow as tf
 
-    from recsys_tasks.dlrm_cpu import USERS_PER_TASK, CpuPairs
+    from recsys_tasks.scoring.kernels.dlrm_cpu import USERS_PER_TASK, CpuPairs
 
     rng = np.random.default_rng(0)
     nu, ni, dim, hidden, users, k, items = 3, 2, 16, 24, USERS_PER_TASK * 2 + 5, 7, 40

@@ -87,8 +87,8 @@ def copy_run(artifacts: Path, source_day: str, day: str) -> None:
 @pytest.fixture(scope="module")
 def daily_env(tmp_path_factory, redis_server):
     from recsys_tasks.config import Config
-    from recsys_tasks.partitions import write_partitions
-    from recsys_tasks.planted import generate_planted
+    from recsys_tasks.data.partitions import write_partitions
+    from recsys_tasks.data.planted import generate_planted
 
     tmp = tmp_path_factory.mktemp("daily")
     frame, _ = generate_planted(Config().with_overrides({**TINY, "data.num_rows": 14 * 600}).data)

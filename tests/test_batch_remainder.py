@@ -15,7 +15,7 @@ import shutil
 import numpy as np
 import pytest
 
-from recsys_tasks.features import read_processed
+from recsys_tasks.features.tables import read_processed
 
 BATCH = 12  # > the recall@10 cut-off, so every remainder 1..11 is a batch too small for it
 REMAINDERS = list(range(1, BATCH))
@@ -52,9 +52,15 @@ def remainder_dirs(pipeline_run, tmp_path_factory):
 def test_two_tower_trains_on_every_remainder_and_evaluates(pipeline_run, remainder_dirs):
     from merlin.schema.tags import Tags
 
-    from recsys_tasks.features import build_feature_tables
-    from recsys_tasks.retrieval import build_two_tower, embeddings_frame, encode, full_catalog_metrics, model_schema
-    from recsys_tasks.training import fit_streaming, parquet_dataset
+    from recsys_tasks.features.tables import build_feature_tables
+    from recsys_tasks.training.loader import fit_streaming, parquet_dataset
+    from recsys_tasks.training.retrieval import (
+        build_two_tower,
+        embeddings_frame,
+        encode,
+        full_catalog_metrics,
+        model_schema,
+    )
 
     config, paths, _ = pipeline_run
     settings = config.retrieval
@@ -79,9 +85,9 @@ def test_two_tower_trains_on_every_remainder_and_evaluates(pipeline_run, remaind
 
 
 def test_dlrm_trains_and_evaluates_on_every_remainder(pipeline_run, remainder_dirs):
-    from recsys_tasks.ranking import build_dlrm, validation_metrics
-    from recsys_tasks.training import fit_streaming, parquet_dataset
-    from recsys_tasks.transform import RAW_ID_COLUMNS
+    from recsys_tasks.features.workflow import RAW_ID_COLUMNS
+    from recsys_tasks.training.loader import fit_streaming, parquet_dataset
+    from recsys_tasks.training.ranking import build_dlrm, validation_metrics
 
     config, _, _ = pipeline_run
     first = parquet_dataset(remainder_dirs["impressions"][1], config.transform.part_size)
@@ -101,7 +107,7 @@ def test_dlrm_trains_and_evaluates_on_every_remainder(pipeline_run, remainder_di
 def test_the_stages_train_on_full_batches_only(pipeline_run):
     """Both stages go through the same streaming, full-batch training (their summaries say so)."""
     config, paths, summaries = pipeline_run
-    from recsys_tasks.common import parquet_rows
+    from recsys_tasks.runtime import parquet_rows
 
     for stage, directory, batch in (
         ("fit_retrieval", paths.retrieval_train, config.retrieval.batch_size_rows),

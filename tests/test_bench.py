@@ -11,14 +11,14 @@ import pytest
 import redis
 
 from recsys_tasks.config import StoreConfig
-from recsys_tasks.scoring import recommendations_schema
+from recsys_tasks.scoring.stage import recommendations_schema
 from recsys_tasks.store import build_document, encode_batch
 
 
 def test_notebook_method_gives_the_same_lists_as_score(pipeline_run):
     """The notebook's per-user method (pandas lookups, one DLRM call per user) vs our batched stage."""
-    from recsys_tasks.bench import lists_agree, load_notebook_inputs, notebook_recommendations
-    from recsys_tasks.ranking import load_dlrm
+    from recsys_tasks.bench.scoring.notebook import lists_agree, load_notebook_inputs, notebook_recommendations
+    from recsys_tasks.training.ranking import load_dlrm
 
     config, paths, _ = pipeline_run
     inputs = load_notebook_inputs(paths)
@@ -45,7 +45,7 @@ def test_lists_agree_only_forgives_ties():
 
 
 def lists_agree_(*args):
-    from recsys_tasks.bench import lists_agree
+    from recsys_tasks.bench.scoring.notebook import lists_agree
 
     return lists_agree(*args)
 
@@ -88,7 +88,7 @@ def test_encoded_commands_are_what_redis_py_would_send(tmp_path):
 
 
 def test_bench_runs_end_to_end_and_reports_every_figure(pipeline_run, redis_server, tmp_path):
-    from recsys_tasks.bench import main
+    from recsys_tasks.bench.scoring.runner import main
 
     config, paths, _ = pipeline_run
     out = tmp_path / "bench.json"
@@ -157,8 +157,8 @@ def test_retrieve_equals_masking_then_top_k(ties, kernel):
     """Both retrieval kernels give exactly the top-k of the scores with seen items set to -inf."""
     import tensorflow as tf
 
-    from recsys_tasks.candidates import retrieve
-    from recsys_tasks.catalog import Catalog, seen_csr
+    from recsys_tasks.scoring.candidates import retrieve
+    from recsys_tasks.scoring.catalog import Catalog, seen_csr
 
     rng = np.random.default_rng(11)
     users, items, k = 40, 5000, 10  # 5000 items: several tiles of the CPU kernel, the last one partial
@@ -189,7 +189,7 @@ def test_retrieve_equals_masking_then_top_k(ties, kernel):
 
 
 def test_tiled_kernel_is_the_cpu_default():
-    from recsys_tasks.candidates import retrieval_kernel
+    from recsys_tasks.scoring.candidates import retrieval_kernel
 
     assert retrieval_kernel("auto") == "tiled"  # no GPU on this machine
     assert retrieval_kernel("tensorflow") == "tensorflow"
@@ -197,7 +197,7 @@ def test_tiled_kernel_is_the_cpu_default():
 
 def test_tiled_kernel_does_not_depend_on_tile_sizes():
     """Users split across thread tasks and items across tiles (last ones partial) change nothing."""
-    from recsys_tasks.topk import pack_items, top_k_unseen
+    from recsys_tasks.scoring.kernels.topk import pack_items, top_k_unseen
 
     rng = np.random.default_rng(4)
     queries = rng.standard_normal((37, 16)).astype(np.float32)

@@ -8,7 +8,7 @@ import sys
 
 from conftest import REPO, TINY
 
-from recsys_tasks.bench_report import TASKS, slopes
+from recsys_tasks.bench.pipeline_report import TASKS, slopes
 
 
 def test_tiny_preset_is_the_test_suites_size():

@@ -24,8 +24,8 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from recsys_tasks.config import StoreConfig
-from recsys_tasks.local_redis import LocalCluster
-from recsys_tasks.scoring import recommendations_schema
+from recsys_tasks.ops.local_redis import LocalCluster
+from recsys_tasks.scoring.stage import recommendations_schema
 from recsys_tasks.store import RedisUnavailableError, fetch, publish, read_manifest
 
 SETTINGS = StoreConfig(pipeline_chunk_keys=100, ttl_s=3600, retry_attempts=10, retry_backoff_s=0.2,

@@ -16,9 +16,9 @@ import pytest
 from conftest import REPO
 
 from recsys_tasks.config import Config, ConfigError
-from recsys_tasks.data import generate_data
-from recsys_tasks.partitions import MissingPartitionError, plan_window, write_partitions
-from recsys_tasks.planted import generate_planted
+from recsys_tasks.data.partitions import MissingPartitionError, plan_window, write_partitions
+from recsys_tasks.data.planted import generate_planted
+from recsys_tasks.data.sources import generate_data
 
 SMALL = {"data.num_rows": 2800, "data.num_users": 150, "data.num_items": 80}
 
@@ -117,7 +117,7 @@ def make_runs(dag_root: Path, count: int) -> list[Path]:
 
 
 def test_ten_runs_leave_the_newest_n(tmp_path):
-    from recsys_tasks.retention import directory_bytes, prune_runs
+    from recsys_tasks.ops.retention import directory_bytes, prune_runs
 
     runs = make_runs(tmp_path / "dag", 10)
     result = prune_runs(tmp_path / "dag", keep_runs=7, protected=[runs[-1]])
@@ -130,7 +130,7 @@ def test_ten_runs_leave_the_newest_n(tmp_path):
 
 
 def test_retention_spares_the_published_and_running_runs(tmp_path):
-    from recsys_tasks.retention import prune_runs
+    from recsys_tasks.ops.retention import prune_runs
 
     runs = make_runs(tmp_path / "dag", 10)
     published, running = runs[1], runs[4]
@@ -172,7 +172,7 @@ GATE = {"passed": True, "checks": []}
 
 
 def test_a_skipped_load_does_not_say_published():
-    from recsys_tasks.report import summary_lines
+    from recsys_tasks.evaluation.report import summary_lines
 
     skipped = {"published": False, "users": 144, "reason": "logical date 2026-11-13 is older than the published run",
                "manifest": {"run_id": "scheduled__2026-11-14", "logical_date": "2026-11-14T00:00:00+00:00"}}
@@ -186,7 +186,7 @@ def test_a_skipped_load_does_not_say_published():
 
 
 def test_report_names_the_log_loss_reference_and_the_window():
-    from recsys_tasks.report import markdown
+    from recsys_tasks.evaluation.report import markdown
 
     text = markdown(REPORT)
     assert "base rate" not in text

@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_tasks.common import InputDataError
 from recsys_tasks.config import Config
-from recsys_tasks.data import RAW_COLUMNS, generate_data, split_rows
-from recsys_tasks.evaluate import auc
-from recsys_tasks.planted import ALICCP_RAW_DTYPES, PlantedTruth, generate_planted
+from recsys_tasks.data.planted import ALICCP_RAW_DTYPES, PlantedTruth, generate_planted
+from recsys_tasks.data.sources import RAW_COLUMNS, generate_data, split_rows
+from recsys_tasks.evaluation.evaluate import auc
+from recsys_tasks.runtime import InputDataError
 
 SMALL = {"data.num_rows": 20_000, "data.num_users": 400, "data.num_items": 200}
 

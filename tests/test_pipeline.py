@@ -7,8 +7,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from recsys_tasks.data import RAW_COLUMNS
-from recsys_tasks.features import read_processed
+from recsys_tasks.data.sources import RAW_COLUMNS
+from recsys_tasks.features.tables import read_processed
 
 
 def raw_clicks(paths) -> set[tuple[int, int]]:
@@ -112,7 +112,7 @@ def test_score_matches_a_per_user_reference(pipeline_run):
     """Brute force per user (numpy retrieval, one DLRM call per user) gives the same lists."""
     import tensorflow as tf
 
-    from recsys_tasks.ranking import load_dlrm
+    from recsys_tasks.training.ranking import load_dlrm
 
     config, paths, _ = pipeline_run
     users = pd.read_parquet(paths.user_features)
@@ -144,9 +144,9 @@ def test_score_matches_a_per_user_reference(pipeline_run):
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 1000])
 def test_scoring_does_not_depend_on_chunk_size(pipeline_run, chunk_size):
-    from recsys_tasks.catalog import load_catalog
-    from recsys_tasks.ranking import load_dlrm
-    from recsys_tasks.scoring import iter_user_chunks, score_chunk
+    from recsys_tasks.scoring.catalog import load_catalog
+    from recsys_tasks.scoring.stage import iter_user_chunks, score_chunk
+    from recsys_tasks.training.ranking import load_dlrm
 
     config, paths, _ = pipeline_run
     catalog = load_catalog(paths)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from recsys_tasks.config import QualityConfig
-from recsys_tasks.evaluate import (
+from recsys_tasks.evaluation.evaluate import (
     auc,
     catalog_coverage,
     gini,
@@ -23,7 +23,7 @@ from recsys_tasks.evaluate import (
     retrieval_metrics,
     top_k_rows,
 )
-from recsys_tasks.quality import QualityGateError, run_checks
+from recsys_tasks.evaluation.gate import QualityGateError, run_checks
 
 # --------------------------------------------------------------------------------------------------
 # Metrics with known answers

@@ -19,10 +19,10 @@ import pytest
 import redis
 from conftest import finish_scored_run, make_run, rows_for, write_recs
 
-from recsys_tasks.common import write_summary
 from recsys_tasks.config import Config, StoreConfig
-from recsys_tasks.local_redis import free_port
+from recsys_tasks.ops.local_redis import free_port
 from recsys_tasks.paths import RunPaths
+from recsys_tasks.runtime import write_summary
 from recsys_tasks.store import (
     LoadLock,
     LoadLockedError,
@@ -346,7 +346,7 @@ def test_soak_ten_daily_loads_keep_memory_flat_and_documents_valid(pipeline_run,
 def test_rerunning_score_on_the_same_inputs_gives_the_same_recommendations(pipeline_run, tmp_path):
     import shutil
 
-    from recsys_tasks.scoring import score
+    from recsys_tasks.scoring.stage import score
 
     config, source, _ = pipeline_run
     copy = RunPaths(tmp_path / "rerun")

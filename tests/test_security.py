@@ -26,10 +26,10 @@ import airflow.providers.redis.hooks.redis  # noqa: E402, F401  isort: skip
 
 from conftest import finish_scored_run
 
-from recsys_tasks.common import write_summary
-from recsys_tasks.local_redis import LocalRedis, free_port, throwaway_tls
+from recsys_tasks.ops.local_redis import LocalRedis, free_port, throwaway_tls
 from recsys_tasks.paths import RunPaths, run_dir_for
-from recsys_tasks.scoring import recommendations_schema
+from recsys_tasks.runtime import write_summary
+from recsys_tasks.scoring.stage import recommendations_schema
 
 DAG_ID = "offline_batch_recsys"
 RUN_ID = "scheduled__2026-12-03T00:00:00+00:00"

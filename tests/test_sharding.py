@@ -36,7 +36,7 @@ def assert_same_recommendations(got: pd.DataFrame, expected: pd.DataFrame) -> No
 @pytest.fixture(scope="module")
 def sharded_run(pipeline_run, tmp_path_factory):
     """The Airflow path: plan, then every shard as its own call in a shuffled order, then collect."""
-    from recsys_tasks.scoring import collect_shards, plan_shards, score_shard
+    from recsys_tasks.scoring.stage import collect_shards, plan_shards, score_shard
 
     config, paths, _ = pipeline_run
     sharded = config.with_overrides({"scoring.num_shards": 3})
@@ -77,7 +77,7 @@ def test_shards_are_disjoint_contiguous_and_balanced(sharded_run):
 
 
 def test_cli_score_with_shards_writes_the_same_parts(pipeline_run, sharded_run, tmp_path):
-    from recsys_tasks.scoring import score
+    from recsys_tasks.scoring.stage import score
 
     config, paths, _ = pipeline_run
     sharded, sharded_target, *_ = sharded_run
@@ -92,7 +92,7 @@ def test_cli_score_with_shards_writes_the_same_parts(pipeline_run, sharded_run, 
 
 
 def test_a_rerun_shard_touches_only_its_own_part(sharded_run):
-    from recsys_tasks.scoring import score_shard
+    from recsys_tasks.scoring.stage import score_shard
 
     sharded, target, *_ = sharded_run
     others = {i: target.recommendation_part(i).read_bytes() for i in (0, 2)}
@@ -103,7 +103,7 @@ def test_a_rerun_shard_touches_only_its_own_part(sharded_run):
 
 
 def test_fewer_shards_after_more_leave_no_stale_part(pipeline_run, tmp_path):
-    from recsys_tasks.scoring import collect_shards, plan_shards, score_shard
+    from recsys_tasks.scoring.stage import collect_shards, plan_shards, score_shard
 
     config, paths, _ = pipeline_run
     target = scoring_inputs(paths, RunPaths(tmp_path / "rerun"))
@@ -126,7 +126,7 @@ def test_fewer_shards_after_more_leave_no_stale_part(pipeline_run, tmp_path):
 
 
 def test_missing_or_foreign_parts_fail_and_publish_nothing(pipeline_run, tmp_path, redis_client):
-    from recsys_tasks.scoring import ShardError, collect_shards, plan_shards, score_shard
+    from recsys_tasks.scoring.stage import ShardError, collect_shards, plan_shards, score_shard
     from recsys_tasks.store import load_redis
 
     config, paths, _ = pipeline_run
@@ -155,8 +155,8 @@ def test_missing_or_foreign_parts_fail_and_publish_nothing(pipeline_run, tmp_pat
 
 
 def test_transform_on_a_dask_local_cluster_matches_the_single_process(pipeline_run, tmp_path):
-    from recsys_tasks.features import read_processed
-    from recsys_tasks.transform import transform
+    from recsys_tasks.features.tables import read_processed
+    from recsys_tasks.features.workflow import transform
 
     config, paths, _ = pipeline_run
     target = RunPaths(tmp_path / "dask")

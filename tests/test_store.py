@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from recsys_tasks.common import InputDataError
 from recsys_tasks.config import StoreConfig
-from recsys_tasks.scoring import recommendations_schema
+from recsys_tasks.runtime import InputDataError
+from recsys_tasks.scoring.stage import recommendations_schema
 from recsys_tasks.store import fetch, publish, read_manifest
 
 SETTINGS = StoreConfig(pipeline_chunk_keys=20, ttl_s=3600)

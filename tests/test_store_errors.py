@@ -12,7 +12,7 @@ import redis
 from conftest import make_run, rows_for, write_recs
 
 from recsys_tasks.config import Config, StoreConfig
-from recsys_tasks.local_redis import LocalRedis, free_port
+from recsys_tasks.ops.local_redis import LocalRedis, free_port
 from recsys_tasks.store import (
     CapacityError,
     RedisJSONMissingError,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys_tasks.common import InputDataError, make_optimizer, parquet_rows
-from recsys_tasks.training import full_batch_size
+from recsys_tasks.runtime import InputDataError, parquet_rows
+from recsys_tasks.training.loader import full_batch_size
+from recsys_tasks.training.optimizers import make_optimizer
 
 
 def _train(optimizer_name, lookups, steps=5):
@@ -55,7 +56,7 @@ def _flipped_validation(paths, target):
     clicks, the worse its loss here, so the validation loss is lowest after the first epoch."""
     import shutil
 
-    from recsys_tasks.features import read_processed
+    from recsys_tasks.features.tables import read_processed
 
     frame = read_processed(paths.train)
     frame["click"] = 1 - frame["click"]
@@ -69,9 +70,9 @@ def _flipped_validation(paths, target):
 def test_early_stopping_ends_with_the_best_epochs_weights(pipeline_run, tmp_path, patience):
     """patience 1: Keras stops after the first epoch without improvement and restores the best weights;
     patience 5 > the 3 epochs allowed: training runs to the end and the best (first) epoch is restored."""
-    from recsys_tasks.ranking import build_dlrm
-    from recsys_tasks.training import fit_streaming, parquet_dataset, validation_loader
-    from recsys_tasks.transform import RAW_ID_COLUMNS
+    from recsys_tasks.features.workflow import RAW_ID_COLUMNS
+    from recsys_tasks.training.loader import fit_streaming, parquet_dataset, validation_loader
+    from recsys_tasks.training.ranking import build_dlrm
 
     config, paths, _ = pipeline_run
     train = parquet_dataset(paths.train, config.transform.part_size)
@@ -96,9 +97,9 @@ def test_early_stopping_ends_with_the_best_epochs_weights(pipeline_run, tmp_path
 
 
 def test_no_validation_trains_every_epoch(pipeline_run):
-    from recsys_tasks.ranking import build_dlrm
-    from recsys_tasks.training import fit_streaming, parquet_dataset
-    from recsys_tasks.transform import RAW_ID_COLUMNS
+    from recsys_tasks.features.workflow import RAW_ID_COLUMNS
+    from recsys_tasks.training.loader import fit_streaming, parquet_dataset
+    from recsys_tasks.training.ranking import build_dlrm
 
     config, paths, _ = pipeline_run
     train = parquet_dataset(paths.train, config.transform.part_size)

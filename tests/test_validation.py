@@ -16,11 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recsys_tasks.common import InputDataError, write_summary
 from recsys_tasks.config import Config, ConfigError, StoreConfig, load_config
-from recsys_tasks.data import RAW_COLUMNS
+from recsys_tasks.data.sources import RAW_COLUMNS
 from recsys_tasks.paths import MissingArtifactError, RunPaths
-from recsys_tasks.scoring import recommendations_schema
+from recsys_tasks.runtime import InputDataError, write_summary
+from recsys_tasks.scoring.stage import recommendations_schema
 from recsys_tasks.store import load_redis, read_manifest
 
 
@@ -72,7 +72,7 @@ def raw_run(tmp_path):
 
 
 def transform_fails(paths, message):
-    from recsys_tasks.transform import transform
+    from recsys_tasks.features.workflow import transform
 
     with pytest.raises(InputDataError, match=message):
         transform(Config(), paths.root)
@@ -104,8 +104,8 @@ def test_transform_refuses_corrupt_or_truncated_parquet(raw_run, tmp_path, damag
 
 
 def test_missing_artifacts_name_the_file_and_the_stage(tmp_path):
-    from recsys_tasks.ranking import fit_ranking
-    from recsys_tasks.transform import transform
+    from recsys_tasks.features.workflow import transform
+    from recsys_tasks.training.ranking import fit_ranking
 
     empty = RunPaths(tmp_path / "empty")
     with pytest.raises(MissingArtifactError, match=r"raw/train is missing: it is written by the 'generate_data'"):
@@ -127,7 +127,7 @@ def copy_scoring_inputs(pipeline_run, tmp_path, *, with_ranking=True):
 
 
 def test_score_refuses_a_missing_model(pipeline_run, tmp_path):
-    from recsys_tasks.scoring import score
+    from recsys_tasks.scoring.stage import score
 
     config, _, _ = pipeline_run
     paths = copy_scoring_inputs(pipeline_run, tmp_path, with_ranking=False)
@@ -138,7 +138,7 @@ def test_score_refuses_a_missing_model(pipeline_run, tmp_path):
 
 @pytest.mark.parametrize("case", ["nan embedding", "duplicate user"])
 def test_score_refuses_broken_feature_tables(pipeline_run, tmp_path, case):
-    from recsys_tasks.scoring import score
+    from recsys_tasks.scoring.stage import score
 
     config, _, _ = pipeline_run
     paths = copy_scoring_inputs(pipeline_run, tmp_path)

@@ -11,7 +11,7 @@ from recsys_tasks.config import ConfigError, TransformConfig
 
 
 def _enter_cluster(kind: str, result: multiprocessing.Queue) -> None:
-    from recsys_tasks.transform import dask_cluster, in_daemonic_process
+    from recsys_tasks.features.workflow import dask_cluster, in_daemonic_process
 
     try:
         with dask_cluster(TransformConfig(dask_cluster=kind, dask_workers=1)) as used:

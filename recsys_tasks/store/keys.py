@@ -11,8 +11,8 @@ import functools
 import json
 from typing import Any
 
-from ..common import InputDataError
 from ..config import StoreConfig
+from ..runtime import InputDataError
 
 RUN_FIELDS = ("run_id", "logical_date", "generated_at")
 # The RESP that starts each row's second command; a document (JSON) never holds a raw CR or LF.

@@ -9,8 +9,8 @@ import time
 import uuid
 from typing import Any
 
-from ..common import get_logger
 from ..config import StoreConfig
+from ..runtime import get_logger
 from .errors import LoadLockedError, LockLostError
 from .resilience import is_cluster
 

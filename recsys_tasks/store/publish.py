@@ -1,7 +1,7 @@
 """Stage 7, ``load_redis``: validate -> quality gate -> skip/force decision -> capacity -> write -> manifest.
 
 Nothing is written unless the whole recommendations directory is valid, the run passes the quality
-gate (:mod:`recsys_tasks.quality`) and the capacity pre-flight finds room. Holding the load lock, a
+gate (:mod:`recsys_tasks.evaluation.gate`) and the capacity pre-flight finds room. Holding the load lock, a
 run older than the published one is skipped unless forced (the rollback); then every user's
 document (pipelined, with TTL; :mod:`.writer`), the popularity fallback list, a TTL for users who
 dropped out, and the manifest last. Functions take a redis-py client (``Redis`` or ``RedisCluster``);
@@ -16,11 +16,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .. import quality
-from ..common import get_logger, read_summary, timed, write_summary
 from ..config import Config, StoreConfig
+from ..evaluation import gate as quality
+from ..evaluation.report import summary_lines
 from ..paths import RunPaths, require
-from ..report import summary_lines
+from ..runtime import get_logger, read_summary, timed, write_summary
 from . import keys
 from .capacity import check_capacity, require_json_module, sample_memory
 from .errors import RedisUnavailableError, StoreOutOfMemoryError
@@ -258,8 +258,8 @@ def load_redis(config: Config, run_dir: str | Path, client: Any, *, run_id: str,
     The summary is written in every outcome that is not an error, including a skipped publication
     (``status: "skipped"``).
     """
-    from ..common import device
-    from ..scoring import collect_parts
+    from ..runtime import device
+    from ..scoring.stage import collect_parts
 
     paths = RunPaths(Path(run_dir))
     log.info("stage load_redis starting in %s", paths.root)

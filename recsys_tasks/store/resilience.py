@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from ..common import get_logger
 from ..config import StoreConfig
+from ..runtime import get_logger
 
 log = get_logger("load_redis")
 T = TypeVar("T")

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..common import InputDataError
 from ..paths import recommendation_files
+from ..runtime import InputDataError
 
 REQUIRED_COLUMNS = ("user_id", "recommendations", "scores")
 

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..common import get_logger
 from ..config import StoreConfig
+from ..runtime import get_logger
 from . import keys
 from .errors import RedisJSONMissingError, RedisUnavailableError, StoreError, StoreOutOfMemoryError, json_module_hint
 from .resilience import transient_errors, wait_before_retry

@@ -1,0 +1,115 @@
+"""Daily input partitions: the ``<root>/dt=YYYY-MM-DD/`` layout, a run's window and its time-based split.
+
+A run reads the ``data.window_days`` partitions ending at ``data.end_date`` (the DAG sets it to the run's
+logical date); the last ``data.valid_days`` of them are validation data, the earlier ones training data.
+:func:`write_partitions` writes such a layout from one frame (``python -m recsys_tasks make-partitions``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import DataConfig
+from ..runtime import InputDataError, get_logger
+
+log = get_logger("generate_data")
+
+PARTITION_PREFIX = "dt="
+
+
+class MissingPartitionError(InputDataError):
+    """A day of the window has no partition (no directory, or no parquet file in it)."""
+
+
+def partition_dir(root: str | Path, day: datetime.date) -> Path:
+    return Path(root) / f"{PARTITION_PREFIX}{day.isoformat()}"
+
+
+def window(end_date: str, window_days: int) -> list[datetime.date]:
+    """The ``window_days`` days ending at ``end_date`` (inclusive), oldest first."""
+    end = datetime.date.fromisoformat(end_date)
+    return [end - datetime.timedelta(days=back) for back in range(window_days - 1, -1, -1)]
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """What one run reads: the parquet files of each day, split by time."""
+
+    root: Path
+    train_days: list[datetime.date]
+    valid_days: list[datetime.date]
+    files: dict[datetime.date, list[Path]]
+
+    def describe(self) -> dict[str, Any]:
+        """The window as JSON (dates as ``YYYY-MM-DD``), for the summaries and ``report.json``."""
+        days = [*self.train_days, *self.valid_days]
+        return {
+            "partition_root": str(self.root),
+            "start_date": days[0].isoformat(),
+            "end_date": days[-1].isoformat(),
+            "days": len(days),
+            "train_days": [d.isoformat() for d in self.train_days],
+            "valid_days": [d.isoformat() for d in self.valid_days],
+        }
+
+
+def plan_window(settings: DataConfig) -> WindowPlan:
+    """The partitions of the run's window; fails naming every missing partition path."""
+    if not settings.end_date:
+        raise InputDataError(
+            "data.partition_root is set but data.end_date is empty: give the last day of the window "
+            "(YYYY-MM-DD); the DAG sets it from the run's logical date"
+        )
+    root = Path(settings.partition_root)
+    if not root.is_dir():
+        raise MissingPartitionError(f"data.partition_root={root}: no such directory")
+    days = window(settings.end_date, settings.window_days)
+    files: dict[datetime.date, list[Path]] = {}
+    missing: list[str] = []
+    for day in days:
+        directory = partition_dir(root, day)
+        found = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
+        if not found:
+            missing.append(f"{directory} ({'no *.parquet files' if directory.is_dir() else 'no such directory'})")
+        files[day] = found
+    if missing:
+        raise MissingPartitionError(
+            f"the window {days[0]}..{days[-1]} (data.window_days={settings.window_days}, ending at data.end_date) "
+            f"lacks {len(missing)} of its {len(days)} daily partition(s): {'; '.join(missing)}"
+        )
+    cut = len(days) - settings.valid_days
+    return WindowPlan(root=root, train_days=days[:cut], valid_days=days[cut:], files=files)
+
+
+def write_partitions(frame: Any, root: str | Path, start_date: str, days: int) -> list[dict[str, Any]]:
+    """Split ``frame``'s rows into ``days`` consecutive daily partitions from ``start_date`` on.
+
+    Each partition is written to a temporary directory and renamed into place, so a reader never sees
+    half a day; an existing partition of the same day is replaced. Returns one ``{dt, path, rows}`` per day.
+    """
+    import numpy as np
+
+    first = datetime.date.fromisoformat(start_date)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    bounds = np.linspace(0, len(frame), days + 1).astype(np.int64)
+    written = []
+    for index in range(days):
+        day = first + datetime.timedelta(days=index)
+        target = partition_dir(root, day)
+        staging = root / f".{target.name}.tmp"
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir()
+        part = frame.iloc[bounds[index]:bounds[index + 1]].reset_index(drop=True)
+        part.to_parquet(staging / "part-0.parquet", index=False)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+        written.append({"dt": day.isoformat(), "path": str(target), "rows": int(len(part))})
+        log.info("partition %s: %d rows", target, len(part))
+    return written

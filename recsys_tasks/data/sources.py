@@ -1,0 +1,251 @@
+"""Stage 1: raw Ali-CCP-shaped impressions (train and valid parquet) in the run directory.
+
+Three sources (``data.source``):
+
+* ``planted`` (default) - synthetic data with a known, learnable signal (:mod:`recsys_tasks.data.planted`):
+  users and items carry latent taste vectors tied to their features, clicks are drawn from a known
+  probability model and item exposure has a long tail. The ground truth (latent vectors, exposure,
+  click model) is saved to ``raw/truth.npz`` so the evaluation can score the oracle.
+* ``merlin`` - Merlin's own ``generate_data("aliccp-raw", ...)`` as in the notebook. Its clicks are
+  ``randint(0, 2)``: no model can learn from it, so it only proves the plumbing works (the quality
+  gate refuses to publish it unless ``quality.force_publish`` is set).
+* ``parquet`` - user-supplied raw Ali-CCP data, checked against the raw schema before anything is
+  copied: either daily partitions (``data.partition_root``, a window ending at ``data.end_date`` split by
+  time, see :mod:`recsys_tasks.data.partitions`) or fixed paths (``data.train_path`` / ``data.valid_path``, a
+  parquet file or a directory of them).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import Config, DataConfig
+from ..paths import RunPaths
+from ..runtime import InputDataError, get_logger, seed_everything, stage
+from .planted import planted_parts
+
+log = get_logger("generate_data")
+
+# Raw Ali-CCP columns the NVTabular workflow reads, with the dtype kind each must have.
+RAW_COLUMNS: dict[str, str] = {
+    "user_id": "i",
+    "item_id": "i",
+    "item_category": "i",
+    "item_shop": "i",
+    "item_brand": "i",
+    "user_shops": "i",
+    "user_profile": "i",
+    "user_group": "i",
+    "user_gender": "i",
+    "user_age": "i",
+    "user_consumption_2": "i",
+    "user_is_occupied": "i",
+    "user_geography": "i",
+    "user_intentions": "i",
+    "user_brands": "i",
+    "user_categories": "i",
+    "click": "i",
+}
+
+
+
+def check_raw_frame(frame: Any, source: str) -> None:
+    """Refuse a raw frame that lacks a column, has a non-integer or null column, bad ids or clicks, or no rows."""
+    missing = [c for c in RAW_COLUMNS if c not in frame.columns]
+    if missing:
+        raise InputDataError(f"{source}: missing column(s) {missing}; expected the Ali-CCP raw schema")
+    if len(frame) == 0:
+        raise InputDataError(f"{source}: no rows")
+    for column, kind in RAW_COLUMNS.items():
+        values = frame[column]
+        if values.isna().any():
+            row = int(np.flatnonzero(values.isna().to_numpy())[0])
+            raise InputDataError(f"{source}: column {column!r} holds a null value (row {row})")
+        if values.dtype.kind not in (kind, "u"):
+            raise InputDataError(
+                f"{source}: column {column!r} has dtype {values.dtype}, expected an integer type"
+            )
+    for column in ("user_id", "item_id"):
+        negative = frame[column].to_numpy() < 0
+        if negative.any():
+            row = int(np.flatnonzero(negative)[0])
+            raise InputDataError(
+                f"{source}: column {column!r} holds the negative id {int(frame[column].iloc[row])} (row {row})"
+            )
+    clicks = frame["click"].to_numpy()
+    bad = (clicks != 0) & (clicks != 1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputDataError(f"{source}: column 'click' holds {int(clicks[row])} at row {row}; expected 0 or 1")
+
+
+def split_rows(frame: Any, valid_fraction: float, seed: int, rng: Any = None) -> tuple[Any, Any]:
+    """A seeded random row split, like Merlin's ``set_sizes``.
+
+    Pass one ``rng`` (``default_rng(seed + 1)``) for consecutive parts: the parts of a frame then split
+    exactly as the whole frame would.
+    """
+    rng = np.random.default_rng(seed + 1) if rng is None else rng
+    is_valid = rng.random(len(frame)) < valid_fraction
+    return frame[~is_valid].reset_index(drop=True), frame[is_valid].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------------------
+
+
+def _merlin_frames(settings: DataConfig) -> tuple[Any, Any]:
+    from merlin.datasets.synthetic import generate_data as merlin_generate
+
+    train, valid = merlin_generate(
+        "aliccp-raw",
+        settings.num_rows,
+        set_sizes=(1.0 - settings.valid_fraction, settings.valid_fraction),
+    )
+    return train.to_ddf().compute(), valid.to_ddf().compute()
+
+
+def parquet_files(location: str, setting: str) -> list[Path]:
+    """The parquet files named by ``data.train_path``/``data.valid_path`` (a file or a directory)."""
+    if not location:
+        raise InputDataError(f"data.source is 'parquet' but {setting} is empty; set it to a parquet file or directory")
+    path = Path(location)
+    if path.is_dir():
+        files = sorted(path.glob("*.parquet"))
+        if not files:
+            raise InputDataError(f"{setting}={location}: the directory holds no *.parquet files")
+        return files
+    if not path.is_file():
+        raise InputDataError(f"{setting}={location}: no such file or directory")
+    return [path]
+
+
+def check_parquet_file(file: Path) -> int:
+    """Check one user-supplied raw file (schema, then values of the columns we use); returns its rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(file)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputDataError(f"{file}: not a readable parquet file ({exc})") from exc
+    missing = [c for c in RAW_COLUMNS if c not in schema.names]
+    if missing:
+        raise InputDataError(f"{file}: missing column(s) {missing}; expected the Ali-CCP raw schema")
+    for column in RAW_COLUMNS:
+        if not pa.types.is_integer(schema.field(column).type):
+            raise InputDataError(f"{file}: column {column!r} has type {schema.field(column).type}, expected an integer")
+    frame = pq.read_table(file, columns=list(RAW_COLUMNS)).to_pandas()
+    check_raw_frame(frame, str(file))
+    return len(frame)
+
+
+def _counts(frame: Any) -> dict[str, int]:
+    return {
+        "rows": int(len(frame)),
+        "users": int(frame["user_id"].nunique()),
+        "items": int(frame["item_id"].nunique()),
+        "clicks": int(frame["click"].sum()),
+    }
+
+
+def _read_partitions(settings: DataConfig, paths: RunPaths) -> dict[str, Any]:
+    """The run's window of daily partitions: every file checked first, then copied (train days, then valid)."""
+    import pandas as pd
+
+    from .partitions import plan_window
+
+    plan = plan_window(settings)
+    rows_by_day = {day: sum(check_parquet_file(f) for f in files) for day, files in plan.files.items()}
+    splits = {}
+    for name, days, target in (("train", plan.train_days, paths.raw_train),
+                               ("valid", plan.valid_days, paths.raw_valid)):
+        target.mkdir(parents=True, exist_ok=True)
+        files = [(day, index, file) for day in days for index, file in enumerate(plan.files[day])]
+        for day, index, file in files:
+            shutil.copyfile(file, target / f"dt={day.isoformat()}-part_{index}.parquet")
+        users = pd.concat([pd.read_parquet(f, columns=["user_id"]) for _, _, f in files])["user_id"].nunique()
+        splits[name] = {"rows": int(sum(rows_by_day[d] for d in days)), "files": len(files), "users": int(users)}
+    window = {**plan.describe(), "rows": {name: split["rows"] for name, split in splits.items()},
+              "rows_per_day": {d.isoformat(): int(r) for d, r in rows_by_day.items()}}
+    log.info("window %s..%s: train %s, valid %s", window["start_date"], window["end_date"],
+             window["train_days"], window["valid_days"])
+    return {"splits": splits, "window": window}
+def _write_planted(settings: DataConfig, paths: RunPaths) -> dict[str, Any]:
+    """Planted impressions, ``data.part_rows`` at a time, each part split and written as it is drawn."""
+    import time
+
+    truth, parts = planted_parts(settings, settings.part_rows)
+    split_rng = np.random.default_rng(settings.seed + 1)
+    totals = {name: {"rows": 0, "clicks": 0} for name in ("train", "valid")}
+    seen_users = {name: np.zeros(settings.num_users + 1, dtype=bool) for name in totals}
+    seen_items = {name: np.zeros(settings.num_items + 1, dtype=bool) for name in totals}
+    for directory in (paths.raw_train, paths.raw_valid):
+        directory.mkdir(parents=True, exist_ok=True)
+    started, done = time.perf_counter(), 0
+    for index, frame in enumerate(parts):
+        train, valid = split_rows(frame, settings.valid_fraction, settings.seed, rng=split_rng)
+        for name, part, target in (("train", train, paths.raw_train), ("valid", valid, paths.raw_valid)):
+            check_raw_frame(part, f"generated {name} data (part {index})")
+            part.to_parquet(target / f"part_{index}.parquet", index=False)
+            totals[name]["rows"] += len(part)
+            totals[name]["clicks"] += int(part["click"].sum())
+            seen_users[name][part["user_id"].to_numpy()] = True
+            seen_items[name][part["item_id"].to_numpy()] = True
+        done += len(frame)
+        log.info("planted data: %d/%d impressions written (%.0f rows/s)", done, settings.num_rows,
+                 done / max(time.perf_counter() - started, 1e-9))
+    truth.save(paths.truth)
+    splits = {
+        name: {"rows": totals[name]["rows"], "users": int(seen_users[name].sum()),
+               "items": int(seen_items[name].sum()), "clicks": totals[name]["clicks"]}
+        for name in totals
+    }
+    return {"splits": splits, "parts": index + 1, "truth": str(paths.truth),
+            "click_model": {"intercept": round(truth.intercept, 4), "signal_strength": truth.signal_strength}}
+
+
+@stage("generate_data")
+def generate_data(config: Config, paths: RunPaths) -> dict[str, Any]:
+    """Write ``raw/train/`` and ``raw/valid/`` parquet (and ``raw/truth.npz`` for planted data)."""
+    settings = config.data
+    paths.fresh(paths.raw)
+    summary: dict[str, Any] = {"source": settings.source}
+    if settings.source == "parquet" and settings.partition_root:
+        summary.update(_read_partitions(settings, paths))
+    elif settings.source == "parquet":
+        counts = {}
+        for name, location, setting, target in (
+            ("train", settings.train_path, "data.train_path", paths.raw_train),
+            ("valid", settings.valid_path, "data.valid_path", paths.raw_valid),
+        ):
+            files = parquet_files(location, setting)
+            rows = [check_parquet_file(f) for f in files]
+            target.mkdir(parents=True, exist_ok=True)
+            for index, file in enumerate(files):
+                shutil.copyfile(file, target / f"part_{index}.parquet")
+            counts[name] = {"rows": int(sum(rows)), "files": len(files)}
+            import pandas as pd
+
+            users = pd.concat([pd.read_parquet(f, columns=["user_id"]) for f in files])["user_id"].nunique()
+            counts[name]["users"] = int(users)
+        summary["splits"] = counts
+    elif settings.source == "planted":
+        summary.update(_write_planted(settings, paths))
+    else:
+        seed_everything(settings.seed)
+        train, valid = _merlin_frames(settings)
+        counts = {}
+        for name, frame, target in (("train", train, paths.raw_train), ("valid", valid, paths.raw_valid)):
+            check_raw_frame(frame, f"generated {name} data")
+            target.mkdir(parents=True, exist_ok=True)
+            frame.reset_index(drop=True).to_parquet(target / "part_0.parquet", index=False)
+            counts[name] = _counts(frame)
+        summary["splits"] = counts
+    summary.update({"train_dir": str(paths.raw_train), "valid_dir": str(paths.raw_valid)})
+    return summary

@@ -1,0 +1,112 @@
+"""What scoring reads: the run's embeddings, feature tables and seen items, as aligned numpy arrays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..features.tables import ITEM_COLUMNS, USER_COLUMNS, read_processed
+from ..paths import RunPaths, require
+from ..runtime import InputDataError
+
+
+@dataclass
+class Catalog:
+    """Everything scoring needs, as aligned numpy arrays (row i of a table is row i of its embeddings)."""
+
+    user_features: dict[str, np.ndarray]
+    item_features: dict[str, np.ndarray]
+    user_embeddings: np.ndarray
+    item_embeddings: np.ndarray
+    seen_indptr: np.ndarray
+    """CSR over user rows: ``seen_items[seen_indptr[u]:seen_indptr[u + 1]]`` are user row u's clicks."""
+    seen_items: np.ndarray
+    ann_index: Any = None
+    """The FAISS index of :mod:`recsys_tasks.scoring.kernels.ann` when scoring retrieves approximately."""
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_embeddings)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_embeddings)
+
+    @cached_property
+    def packed_items(self) -> np.ndarray:
+        """Item embeddings in the CPU retrieval kernel's tiled layout (built once per catalog)."""
+        from .kernels.topk import pack_items
+
+        return pack_items(self.item_embeddings)
+
+
+def embedding_matrix(path: Path, id_column: str, ids: np.ndarray) -> np.ndarray:
+    """The embedding columns of ``path`` as one float32 matrix (row i is ``ids[i]``), read batch by batch.
+
+    A whole-table pandas read would hold the Arrow table, the frame, the frame without its id column
+    and the matrix at once: for a million users that, not scoring, set the stage's peak memory.
+    """
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    columns = [c for c in parquet.schema_arrow.names if c != id_column]
+    matrix = np.empty((parquet.metadata.num_rows, len(columns)), dtype=np.float32)
+    mismatch = InputDataError(f"{path}: {id_column} values do not match the feature table's ids")
+    if len(matrix) != len(ids):
+        raise mismatch
+    start = 0
+    for batch in parquet.iter_batches(batch_size=65_536):
+        stop = start + batch.num_rows
+        if not np.array_equal(batch.column(id_column).to_numpy(zero_copy_only=False), ids[start:stop]):
+            raise mismatch
+        for position, column in enumerate(columns):
+            matrix[start:stop, position] = batch.column(column).to_numpy(zero_copy_only=False)
+        start = stop
+    return matrix
+
+
+def _row_lookup(ids: np.ndarray) -> np.ndarray:
+    lookup = np.full(int(ids.max()) + 1, -1, dtype=np.int64)
+    lookup[ids] = np.arange(len(ids))
+    return lookup
+
+
+def seen_csr(user_rows: np.ndarray, item_rows: np.ndarray, num_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deduplicated (user row, item row) clicks as CSR arrays."""
+    pairs = np.unique(np.stack([user_rows, item_rows], axis=1), axis=0)
+    counts = np.bincount(pairs[:, 0], minlength=num_users)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return indptr, pairs[:, 1].astype(np.int64)
+
+
+def load_catalog(paths: RunPaths) -> Catalog:
+    import pandas as pd
+
+    users = pd.read_parquet(require(paths.user_features, "fit_retrieval"))
+    items = pd.read_parquet(require(paths.item_features, "fit_retrieval"))
+    user_ids = users["user_id"].to_numpy()
+    item_ids = items["item_id"].to_numpy()
+    user_embeddings = embedding_matrix(require(paths.user_embeddings, "fit_retrieval"), "user_id", user_ids)
+    item_embeddings = embedding_matrix(require(paths.item_embeddings, "fit_retrieval"), "item_id", item_ids)
+    from ..validation import check_finite, check_unique_ids
+
+    check_unique_ids(user_ids, "user_id", paths.user_features)
+    check_unique_ids(item_ids, "item_id", paths.item_features)
+    check_finite(user_embeddings, paths.user_embeddings)
+    check_finite(item_embeddings, paths.item_embeddings)
+    clicks = read_processed(require(paths.retrieval_train, "transform"), columns=["user_id", "item_id"])
+    user_rows = _row_lookup(user_ids)[clicks["user_id"].to_numpy()]
+    item_rows = _row_lookup(item_ids)[clicks["item_id"].to_numpy()]
+    indptr, seen_items = seen_csr(user_rows, item_rows, len(user_ids))
+    return Catalog(
+        user_features={c: users[c].to_numpy() for c in USER_COLUMNS},
+        item_features={c: items[c].to_numpy() for c in ITEM_COLUMNS},
+        user_embeddings=user_embeddings,
+        item_embeddings=item_embeddings,
+        seen_indptr=indptr,
+        seen_items=seen_items,
+    )

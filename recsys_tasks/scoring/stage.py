@@ -1,0 +1,309 @@
+"""Stage 5: recommendations for every user, in chunks of users, with no per-user model call.
+
+For each chunk: top-K unseen candidates per user (:mod:`recsys_tasks.scoring.candidates`: on a CPU the tiled
+kernel of :mod:`recsys_tasks.scoring.kernels.topk` or a FAISS index, on a GPU TensorFlow), every (user, candidate) pair
+scored by the DLRM (:mod:`recsys_tasks.scoring.ranker`), candidates reordered by DLRM score, top-N kept,
+encoded ids mapped back to raw ids. The result streams to ``scoring/recommendations/part-<shard>.parquet``
+chunk by chunk, so memory does not grow with the number of users. Users are split into
+``scoring.num_shards`` contiguous shards (one part each): in Airflow every shard is its own mapped task
+(``plan_shards`` -> ``score_shard`` x N -> ``collect_shards``); the CLI's ``score`` runs the same three
+steps in one process. The inputs (embeddings, feature tables, seen items) are read by
+:mod:`recsys_tasks.scoring.catalog`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import Config
+from ..paths import RunPaths, require
+from ..runtime import (
+    InputDataError,
+    cpu_seconds,
+    get_logger,
+    load_average,
+    memory_usage,
+    quiet_tensorflow,
+    reset_peak_rss,
+    stage,
+    write_json,
+    write_summary,
+)
+from .candidates import attach_index, retrieval_kernel, retrieve
+from .catalog import Catalog, embedding_matrix, load_catalog
+from .ranker import make_ranker, pair_features, rank_pairs
+
+log = get_logger("score")
+
+
+def score_chunk(
+    catalog: Catalog, model: Any, user_rows: np.ndarray, top_k: int, top_n: int, rank_batch_rows: int,
+    kernel: str = "auto",
+) -> dict[str, Any]:
+    """Recommendations for one chunk of users: raw user ids, raw item ids best first, DLRM scores.
+
+    ``model`` is the DLRM (run whole on every pair) or a ranker of :mod:`recsys_tasks.scoring.ranker`.
+    """
+    candidate_rows, _ = retrieve(catalog, user_rows, top_k, kernel)
+    if callable(model) and not hasattr(model, "predict"):
+        ranked = model(user_rows, candidate_rows)
+    else:
+        ranked = rank_pairs(model, pair_features(catalog, user_rows, candidate_rows), rank_batch_rows)
+        ranked = ranked.reshape(candidate_rows.shape)
+    ranked[candidate_rows < 0] = -np.inf
+    # Stable sort keeps retrieval order between equal DLRM scores.
+    order = np.argsort(-ranked, axis=1, kind="stable")[:, :top_n]
+    best_rows = np.take_along_axis(candidate_rows, order, axis=1)
+    best_scores = np.take_along_axis(ranked, order, axis=1)
+    item_raw = catalog.item_features["item_id_raw"]
+    if (best_rows >= 0).all():
+        # The usual case: whole lists, converted in one C call instead of one per user.
+        recommendations, scores = item_raw[best_rows].tolist(), best_scores.tolist()
+    else:
+        recommendations, scores = [], []
+        for rows, values in zip(best_rows, best_scores):
+            keep = rows >= 0
+            recommendations.append(item_raw[rows[keep]].tolist())
+            scores.append(values[keep].tolist())
+    return {
+        "user_id": catalog.user_features["user_id_raw"][user_rows],
+        "recommendations": recommendations,
+        "scores": scores,
+        "user_id_encoded": catalog.user_features["user_id"][user_rows],
+    }
+
+
+def iter_user_chunks(num_users: int, chunk_size: int) -> Iterator[np.ndarray]:
+    for start in range(0, num_users, chunk_size):
+        yield np.arange(start, min(start + chunk_size, num_users))
+
+
+def recommendations_schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("user_id", pa.int64()),
+            ("recommendations", pa.list_(pa.int64())),
+            ("scores", pa.list_(pa.float32())),
+            ("user_id_encoded", pa.int64()),
+        ]
+    )
+
+
+class ShardError(InputDataError):
+    """The shard plan and the parts on disk disagree (missing, extra or foreign parts)."""
+
+
+def shard_rows(num_users: int, num_shards: int, shard_index: int) -> np.ndarray:
+    """Contiguous user rows of one shard; shard sizes differ by at most one user."""
+    if not 0 <= shard_index < num_shards:
+        raise ShardError(f"shard index {shard_index} is outside 0..{num_shards - 1}")
+    return np.arange(shard_index * num_users // num_shards, (shard_index + 1) * num_users // num_shards)
+
+
+def plan_shards(config: Config, run_dir: str | Path) -> dict[str, Any]:
+    """Start a scoring pass: clear every part of an earlier pass and record how many shards this one has.
+
+    Runs once before the shards, so a part left by an earlier attempt with more shards cannot leak
+    into this run's recommendations, and no shard ever deletes another shard's part.
+    """
+    import pyarrow.parquet as pq
+
+    paths = RunPaths(Path(run_dir))
+    num_shards = config.scoring.num_shards
+    users = pq.read_metadata(require(paths.user_features, "fit_retrieval")).num_rows
+    paths.fresh(paths.recommendations)
+    paths.fresh(paths.scoring_shards)
+    plan = {"num_shards": num_shards, "users": int(users), "shards": list(range(num_shards))}
+    items = pq.read_metadata(require(paths.item_embeddings, "fit_retrieval")).num_rows
+    kernel = retrieval_kernel(config.scoring.retrieval_kernel, items, config.scoring)
+    if kernel in ("ivf", "hnsw"):
+        # One index per run: built here once, read by every shard (HNSW built by several threads is
+        # not bit-reproducible, so shards building their own could disagree).
+        from .kernels.ann import IndexSettings, build_index, write_index
+
+        item_embeddings = embedding_matrix(
+            paths.item_embeddings, "item_id",
+            pq.read_table(require(paths.item_features, "fit_retrieval"), columns=["item_id"])["item_id"].to_numpy(),
+        )
+        index = build_index(item_embeddings, IndexSettings.from_config(kernel, config.scoring),
+                            config.scoring.ann_threads)
+        write_index(index, paths.ann_index(kernel))
+        plan["ann_index"] = str(paths.ann_index(kernel))
+    plan["retrieval_kernel"] = kernel
+    write_json(paths.scoring_plan, plan)
+    log.info("scoring plan: %d users in %d shard(s)", users, num_shards)
+    return plan
+
+
+def read_plan(paths: RunPaths) -> dict[str, Any]:
+    return json.loads(require(paths.scoring_plan, "score (planning)").read_text())
+
+
+def _score_part(
+    catalog: Catalog, model: Any, settings: Any, paths: RunPaths, shard_index: int, num_shards: int
+) -> dict[str, Any]:
+    """Score one shard's users and atomically replace that shard's part (and only that part)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = shard_rows(catalog.num_users, num_shards, shard_index)
+    schema = recommendations_schema()
+    target = paths.recommendation_part(shard_index)
+    tmp = target.with_suffix(".parquet.tmp")
+    kernel = retrieval_kernel(settings.retrieval_kernel, catalog.num_items, settings)
+    if kernel in ("ivf", "hnsw") and catalog.ann_index is None:
+        attach_index(catalog, kind=kernel, settings=settings, path=require(paths.ann_index(kernel), "score (planning)"))
+
+    ranker = make_ranker(model, catalog, settings.rank_batch_rows, settings.factored_ranking)
+    log.info("shard %d/%d: %d users, retrieval kernel %s", shard_index + 1, num_shards, len(rows), kernel)
+    users_done, short_lists, started = 0, 0, time.perf_counter()
+    next_report = started
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for chunk_start in range(0, len(rows), settings.user_chunk_size):
+            user_rows = rows[chunk_start:chunk_start + settings.user_chunk_size]
+            chunk = score_chunk(catalog, ranker, user_rows, settings.top_k, settings.top_n, settings.rank_batch_rows,
+                                kernel)
+            writer.write_table(pa.Table.from_pydict(chunk, schema=schema))
+            users_done += len(user_rows)
+            short_lists += sum(len(r) < settings.top_n for r in chunk["recommendations"])
+            now = time.perf_counter()
+            if now >= next_report or users_done == len(rows):
+                rate = users_done / max(now - started, 1e-9)
+                log.info(
+                    "shard %d/%d: scored %d/%d users (%.0f users/s, %.0fs left)",
+                    shard_index + 1, num_shards, users_done, len(rows), rate, (len(rows) - users_done) / rate,
+                )
+                next_report = now + 10.0
+    tmp.replace(target)
+    elapsed = time.perf_counter() - started
+    return {
+        "shard_index": shard_index,
+        "num_shards": num_shards,
+        "users": users_done,
+        "short_lists": int(short_lists),
+        "seconds": round(elapsed, 3),
+        "users_per_s": round(users_done / max(elapsed, 1e-9), 1),
+        "retrieval_kernel": kernel,
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "part": str(target),
+    }
+
+
+def _load_inputs(paths: RunPaths, settings: Any) -> tuple[Catalog, Any]:
+    from ..training.ranking import load_dlrm
+
+    # The model first: restoring a SavedModel briefly takes ~1 GB more than the loaded model holds, so
+    # doing it before the catalog exists keeps a million users' tables out of the stage's peak memory.
+    model = load_dlrm(require(paths.dlrm, "fit_ranking"))
+    catalog = load_catalog(paths)
+    if catalog.num_items < settings.top_n:
+        raise InputDataError(
+            f"{paths.item_features}: the catalog has {catalog.num_items} items, fewer than "
+            f"scoring.top_n={settings.top_n}"
+        )
+    return catalog, model
+
+
+def _check_plan_matches(paths: RunPaths, plan: dict[str, Any], catalog: Catalog) -> None:
+    if catalog.num_users != plan["users"]:
+        raise ShardError(
+            f"{paths.scoring_plan}: planned for {plan['users']} users but {paths.user_features} now has "
+            f"{catalog.num_users}; fit_retrieval was rerun after planning, so plan and score again"
+        )
+
+
+def score_shard(config: Config, run_dir: str | Path, shard_index: int) -> dict[str, Any]:
+    """One mapped scoring task: the users of shard ``shard_index`` of the plan, into its own part."""
+    from ..runtime import device
+
+    quiet_tensorflow()
+    paths = RunPaths(Path(run_dir))
+    plan = read_plan(paths)
+    shard_rows(plan["users"], plan["num_shards"], shard_index)  # a bad index fails before the model loads
+    used = device()
+    log.info("stage score starting on %s (shard %d of %d) in %s", used, shard_index, plan["num_shards"], paths.root)
+    reset_ok, cpu_at_start = reset_peak_rss(), cpu_seconds()
+    catalog, model = _load_inputs(paths, config.scoring)
+    _check_plan_matches(paths, plan, catalog)
+    summary = {"device": used, **_score_part(catalog, model, config.scoring, paths, shard_index, plan["num_shards"]),
+               "resources": {**memory_usage(reset_ok, None), "cpu_seconds": round(cpu_seconds() - cpu_at_start, 2),
+                             "loadavg": load_average()}}
+    write_json(paths.shard_summary(shard_index), summary)
+    log.info("stage score done in %.1fs (shard %d of %d): %d users", summary["seconds"], shard_index,
+             plan["num_shards"], summary["users"])
+    return summary
+
+
+def collect_parts(config: Config, paths: RunPaths) -> dict[str, Any]:
+    """Check that exactly the planned parts are in, one per shard, covering every user once; sum them up."""
+    import pyarrow.parquet as pq
+
+    plan = read_plan(paths)
+    expected = {paths.recommendation_part(i) for i in range(plan["num_shards"])}
+    present = set(paths.recommendations.glob("*.parquet"))
+    if present - expected:
+        raise ShardError(
+            f"{paths.recommendations}: parts {sorted(p.name for p in present - expected)} do not belong to "
+            f"this scoring pass of {plan['num_shards']} shard(s)"
+        )
+    missing = sorted(i for i in range(plan["num_shards"]) if paths.recommendation_part(i) not in present)
+    if missing:
+        raise ShardError(f"{paths.recommendations}: shard(s) {missing} of {plan['num_shards']} have no part yet")
+    shards = [json.loads(require(paths.shard_summary(i), "score").read_text()) for i in range(plan["num_shards"])]
+    rows = sum(pq.read_metadata(part).num_rows for part in expected)
+    if rows != plan["users"]:
+        raise ShardError(f"{paths.recommendations}: the parts hold {rows} users, the plan has {plan['users']}")
+    busiest = max(s["seconds"] for s in shards)
+    catalog_items = pq.read_metadata(paths.item_features).num_rows
+    return {
+        "users": rows,
+        "items": int(catalog_items),
+        "top_k": config.scoring.top_k,
+        "top_n": config.scoring.top_n,
+        "num_shards": plan["num_shards"],
+        # A plan written before the kernel was recorded (an upgrade between planning and collecting) has none.
+        "retrieval_kernel": plan.get("retrieval_kernel", "not recorded"),
+        "short_lists": int(sum(s["short_lists"] for s in shards)),
+        "users_per_s": round(rows / max(sum(s["seconds"] for s in shards), 1e-9), 1),
+        "slowest_shard_s": busiest,
+        "generated_at": max(s["generated_at"] for s in shards),
+        "recommendations": str(paths.recommendations),
+    }
+
+
+def collect_shards(config: Config, run_dir: str | Path) -> dict[str, Any]:
+    """After every mapped shard: verify the parts and write the ``score`` stage summary that loading reads."""
+    paths = RunPaths(Path(run_dir))
+    summary = collect_parts(config, paths)
+    shard = json.loads(paths.shard_summary(0).read_text())
+    summary = {"stage": "score", "device": shard.get("device", ""), "seconds": summary["slowest_shard_s"], **summary}
+    log.info("score: %d shard(s) in, %d users", summary["num_shards"], summary["users"])
+    return write_summary(paths, "score", summary)
+
+
+@stage("score")
+def score(config: Config, paths: RunPaths) -> dict[str, Any]:
+    """The whole stage in one process: plan, every shard in turn, collect (what the CLI runs).
+
+    With ``scoring.num_shards`` > 1 the output is the same set of parts the mapped Airflow tasks write.
+    """
+    from ..runtime import device
+
+    quiet_tensorflow()
+    settings = config.scoring
+    catalog, model = _load_inputs(paths, settings)
+    plan = plan_shards(config, paths.root)
+    _check_plan_matches(paths, plan, catalog)
+    for shard_index in plan["shards"]:
+        summary = _score_part(catalog, model, settings, paths, shard_index, plan["num_shards"])
+        write_json(paths.shard_summary(shard_index), {"device": device(), **summary})
+    return collect_parts(config, paths)
