@@ -37,7 +37,7 @@ from .training import training_throughput
 
 log = get_logger("bench_pipeline")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "offline_batch_recsys"
 LOGICAL_DATE = "2026-11-20T00:00:00+00:00"
 IMPRESSIONS_PER_USER = 20
