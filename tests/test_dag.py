@@ -29,13 +29,17 @@ def airflow_env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dag(airflow_env):
-    os.environ.update({k: v for k, v in airflow_env.items() if k.startswith("AIRFLOW")})
-    sys.path.insert(0, str(REPO / "plugins"))
-    from airflow.dag_processing.dagbag import DagBag
+    """The parsed DAG; the Airflow variables and the plugins path are set only while this module runs."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in airflow_env.items():
+            if key.startswith("AIRFLOW"):
+                patch.setenv(key, value)
+        patch.syspath_prepend(str(REPO / "plugins"))
+        from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(REPO / "dags"))
-    assert bag.import_errors == {}
-    return bag.dags[DAG_ID]
+        bag = DagBag(dag_folder=str(REPO / "dags"))
+        assert bag.import_errors == {}
+        yield bag.dags[DAG_ID]
 
 
 def test_dag_shape(dag):
