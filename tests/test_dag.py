@@ -111,7 +111,7 @@ def test_recsys_tasks_never_imports_airflow():
 
 # The end-to-end run of the DAG (a triggered run and a three-date backfill on a real scheduler with Celery
 # workers, mapped shard instances and their labels, run directories, Redis serving the newest date) is
-# tests/test_stack.py; it replaced the former `airflow dags test` backfill test here.
+# tests/test_stack.py.
 
 
 def test_data_seed_follows_the_logical_date_unless_pinned(monkeypatch):
