@@ -144,6 +144,7 @@ def offline_batch_recsys() -> None:
         return load_and_announce(get_current_context())
 
     @teardown
+    @task(multiple_outputs=False)
     def prune_runs() -> dict:
         return prune_run_dirs(get_current_context())
 

@@ -84,6 +84,11 @@ def test_dag_shape(dag):
         assert key in dag.params
 
 
+def test_summaries_travel_whole_as_one_xcom(dag):
+    """No task splits its summary into one XCom per key (Airflow infers that from a ``dict`` annotation)."""
+    assert {t.task_id: t.multiple_outputs for t in dag.tasks} == {t.task_id: False for t in dag.tasks}
+
+
 def test_every_param_is_a_config_key(dag):
     from recsys_tasks.config import Config
 
