@@ -1,13 +1,18 @@
 # Two commands on a fresh Debian 12 machine with Python 3.11:
 #   make run    the DAG once end to end (airflow dags test, SQLite, local Redis with RedisJSON)
 #   make test   the test suite (starts its own Redis with RedisJSON on a free port)
-.PHONY: run test setup lint clean
+#   make test-unit   the unit tier only, under a minute (after a first make setup)
+.PHONY: run test test-unit setup lint clean
 
 run: setup
 	scripts/run_local.sh
 
 test: setup
 	scripts/run_tests.sh
+
+# The quick loop: only the unit tier (no Redis, no training, no Airflow run). Needs `make setup` done once.
+test-unit:
+	scripts/run_tests.sh -m unit
 
 setup:
 	scripts/setup.sh

@@ -103,45 +103,48 @@ PARAMS = {
     doc_md=__doc__,
 )
 def offline_batch_recsys() -> None:
-    @task
+    # multiple_outputs=False: each task's summary travels whole as its return value; Airflow would otherwise
+    # infer True from the `dict` annotation and also store every key of every summary as its own XCom.
+    @task(multiple_outputs=False)
     def generate_data() -> dict:
         return run_stage("generate_data", get_current_context())
 
-    @task
+    @task(multiple_outputs=False)
     def transform(_data: dict) -> dict:
         return run_stage("transform", get_current_context())
 
-    @task
+    @task(multiple_outputs=False)
     def fit_retrieval(_features: dict) -> dict:
         return run_stage("fit_retrieval", get_current_context())
 
-    @task
+    @task(multiple_outputs=False)
     def fit_ranking(_features: dict) -> dict:
         return run_stage("fit_ranking", get_current_context())
 
-    @task
+    @task(multiple_outputs=False)
     def plan_scoring(_retrieval: dict, _ranking: dict) -> list[int]:
         return plan_scoring_shards(get_current_context())
 
-    @task(map_index_template="{{ shard_label }}")
+    @task(multiple_outputs=False, map_index_template="{{ shard_label }}")
     def score(shard_index: int) -> dict:
         context = get_current_context()
         context["shard_label"] = f"shard {shard_index}"
         return score_shard(shard_index, context)
 
-    @task
+    @task(multiple_outputs=False)
     def collect_scores(_shards: list[dict]) -> dict:
         return collect_scoring_shards(get_current_context())
 
-    @task
+    @task(multiple_outputs=False)
     def evaluate(_scores: dict) -> dict:
         return run_stage("evaluate", get_current_context())
 
-    @task(outlets=[recommendations_asset()])
+    @task(multiple_outputs=False, outlets=[recommendations_asset()])
     def load_redis(_report: dict) -> dict:
         return load_and_announce(get_current_context())
 
     @teardown
+    @task(multiple_outputs=False)
     def prune_runs() -> dict:
         return prune_run_dirs(get_current_context())
 

@@ -9,8 +9,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+# The Airflow connection of the recommendations store.
 REDIS_CONN_ID = "redis_recs"
+# The YAML config file every task reads (see recsys_tasks.config.load_config).
 CONFIG_FILE_ENV = "RECSYS_CONFIG"
+# A worker's host name for its task instances (worker_hostname); scripts/stack.sh sets it per worker.
+WORKER_HOSTNAME_ENV = "RECSYS_WORKER_HOSTNAME"
+# The published recommendations as an Airflow Asset (recommendations_asset).
+RECOMMENDATIONS_ASSET_NAME = "offline_batch_recsys_recommendations"
+RECOMMENDATIONS_ASSET_URI = "redis://redis-recs/offline_batch_recsys/recommendations"
 
 
 def task_config(context: Any) -> Any:
@@ -111,9 +118,6 @@ def collect_scoring_shards(context: Any) -> dict[str, Any]:
     return collect_shards(config, task_run_dir(context, config))
 
 
-WORKER_HOSTNAME_ENV = "RECSYS_WORKER_HOSTNAME"
-
-
 def worker_hostname() -> str:
     """The host name a worker reports for its task instances (``[core] hostname_callable``).
 
@@ -127,8 +131,6 @@ def worker_hostname() -> str:
     from airflow.utils.net import getfqdn
 
     return getfqdn()
-RECOMMENDATIONS_ASSET_NAME = "offline_batch_recsys_recommendations"
-RECOMMENDATIONS_ASSET_URI = "redis://redis-recs/offline_batch_recsys/recommendations"
 
 
 def recommendations_asset() -> Any:

@@ -98,15 +98,14 @@ class RetrievalConfig:
     :func:`recsys_tasks.training.optimizers.lazy_adam_class`: the step cost does not grow with the number of users) or
     any Keras optimizer name (``adam`` rewrites every embedding row on every step)."""
     batch_size_rows: int = 512
-    """The notebook uses 4096 and 2 epochs: on 100,000 impressions (~7,000 clicks) that is 4 gradient
-    steps and the towers learn nothing (loss flat at log(4096)); batches of 512 learn the planted taste
-    within 2-3 epochs."""
+    """Training clicks per gradient step (the in-batch negatives of each click are the batch's other items).
+    Smaller than the notebook's 4096 so a daily job takes enough steps to learn (docs/decisions.md)."""
     epochs: int = 8
     """At most this many passes over the training clicks (see ``early_stopping_patience``)."""
     early_stopping_patience: int = 1
     """Stop after this many epochs without a lower validation loss (in-batch loss on the validation clicks)
     and keep the best epoch's weights; 0 trains exactly ``epochs`` epochs. See ``recsys_tasks/training/loader.py``:
-    how many epochs help depends on the data (8 at 2,000 users, 2 at 100,000 users on planted data)."""
+    how many epochs help depends on the data (docs/decisions.md)."""
     eval_k: int = 10
     """Cut-off of the full-catalog recall/ndcg evaluation."""
     seed: int = 42
@@ -126,7 +125,8 @@ class RankingConfig:
     optimizer: str = "lazy_adam"
     """As ``retrieval.optimizer``."""
     batch_size_rows: int = 1024
-    """The notebook uses 16k: 13 steps in 3 epochs on 70,000 training rows and the AUC stays at 0.51."""
+    """Training impressions per gradient step; smaller than the notebook's 16k so a daily job takes enough
+    steps to learn (docs/decisions.md)."""
     epochs: int = 3
     """At most this many passes over the training impressions (see ``early_stopping_patience``)."""
     early_stopping_patience: int = 1
@@ -160,21 +160,17 @@ class ScoringConfig:
     ann_kernel: str = "ivf"
     """The approximate kernel ``auto`` uses on a CPU for catalogs of ``ann_min_items`` or more. ``ivf``
     because its index is reproducible (seeded k-means: a rerun publishes the same lists); HNSW's
-    multi-threaded build is not, although it was faster here (README, *Approximate retrieval*)."""
+    multi-threaded build is not, although it is faster (docs/decisions.md)."""
     ann_min_items: int = 50_000
-    """Catalog size from which ``auto`` retrieves approximately on a CPU. Measured on trained embeddings
-    (README) at ``ivf_probe`` 32: at 10,000 items IVF only tied exact (0.9x at K=20, 1.1x at K=100), at
-    100,000 items it was 3.3-4.1x exact at recall >= 0.993. Below 50,000 exact retrieval, which loses
-    nothing, is kept where the index would gain little."""
+    """Catalog size from which ``auto`` retrieves approximately on a CPU. Below it exact retrieval, which
+    loses nothing, is kept where an index would gain little (the measurement: docs/decisions.md)."""
     ann_threads: int = 0
     """FAISS OpenMP threads for building and searching the index; 0: the cores this process may use."""
     ivf_lists: int = 0
     """``ivf``: k-means cells; 0 = 4 x sqrt(items)."""
     ivf_probe: int = 32
-    """``ivf``: cells searched per query (recall vs speed). Measured on the trained 1M-user run's 100,000
-    items (1,265 cells, 20,000 users): probe 16 / 32 / 64 gave candidate recall 0.983 / 0.993 / 0.998 at
-    K=20 (0.989 / 0.995 / 0.998 at K=100) at 11.5 / 20.6 / 42.1 us per user; 32 keeps recall >= 0.99 at
-    half of 64's time (README, *Approximate retrieval*)."""
+    """``ivf``: cells searched per query (recall vs speed): more cells, higher recall, slower queries. Take
+    it from the bench's sweep on your own trained embeddings (docs/decisions.md, docs/performance.md)."""
     hnsw_m: int = 32
     """``hnsw``: graph neighbours per node."""
     hnsw_ef_construction: int = 40

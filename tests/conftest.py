@@ -11,6 +11,54 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Test tiers (markers registered in pyproject.toml). `make test-unit` runs `-m unit`; `make test` and CI
+# run every tier. A module's tier is its entry below, a single test's entry (module::test) overrides it,
+# and a test that carries a tier marker itself keeps it. A module missing here counts as integration.
+#   unit         no server, no training, no Airflow run: pure Python/numpy, static files, the package's shape
+#   integration  a real Redis (one node or a cluster), real NVTabular/TensorFlow training, the DAG parsed
+#   e2e          the whole DAG run (DAG.test / airflow dags test) or the production stack
+TIERS = ("unit", "integration", "e2e")
+TEST_TIERS = {
+    "test_config.py": "unit",
+    "test_daily.py": "unit",
+    "test_data.py": "unit",
+    "test_data.py::test_planted_schema_is_merlins_aliccp_raw": "integration",  # imports Merlin's generator
+    "test_deploy.py": "unit",
+    "test_scale.py": "unit",
+    "test_stack_parity.py": "unit",
+    "test_store_structure.py": "unit",
+    "test_store_structure.py::test_every_store_module_imports_alone_in_a_fresh_interpreter": "integration",
+    "test_structure.py": "unit",
+    "test_worker_compat.py": "unit",
+    "test_approximate.py": "integration",
+    "test_batch_remainder.py": "integration",
+    "test_bench.py": "integration",
+    "test_bench_store.py": "integration",
+    "test_cluster.py": "integration",
+    "test_dag.py": "integration",
+    "test_pipeline.py": "integration",
+    "test_quality.py": "integration",
+    "test_reliability.py": "integration",
+    "test_security.py": "integration",
+    "test_sharding.py": "integration",
+    "test_store.py": "integration",
+    "test_store_errors.py": "integration",
+    "test_training.py": "integration",
+    "test_validation.py": "integration",
+    "test_assets.py": "e2e",
+    "test_bench_pipeline.py": "e2e",
+    "test_stack.py": "e2e",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(item.get_closest_marker(tier) for tier in TIERS):
+            continue
+        module = item.path.name
+        tier = TEST_TIERS.get(f"{module}::{item.originalname}") or TEST_TIERS.get(module, "integration")
+        item.add_marker(getattr(pytest.mark, tier))
+
 # Small enough to train in seconds on 2 CPU cores, big enough that every stage has real work.
 # The planted data is scaled down with it (150 users x 80 items) so that the tiny models still learn
 # enough to pass the quality gate that load_redis runs.

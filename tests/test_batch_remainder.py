@@ -1,11 +1,10 @@
 """No data size crashes a fit: click and impression counts whose remainder is 1..B-1 of the batch size B.
 
-Before the fix, a last training batch smaller than the top-k cut-off (e.g. 20,997 clicks = 41 x 512 + 5)
-failed fit_retrieval with ``TopkMetric recall_at_10 cutoff (10) cannot be bigger than the number of
-predictions per example``. The sweep runs both fits' training and validation code (the functions the stages
-call, on the models the stages build) over datasets of 2B + r rows for every remainder r. The whole
-stages at a failing size were run by hand (``python -m recsys_tasks run --set data.num_rows=300000``,
-README); the session run's summaries show the stages train through the same function.
+A last training batch smaller than the top-k cut-off (e.g. 20,997 clicks = 41 x 512 + 5) would fail a top-k
+metric in training (``TopkMetric recall_at_10 cutoff (10) cannot be bigger than the number of predictions
+per example``). The sweep runs both fits' training and validation code (the functions the stages call, on
+the models the stages build) over datasets of 2B + r rows for every remainder r; the session run's
+summaries show the stages train through the same function.
 """
 
 from __future__ import annotations

@@ -29,13 +29,17 @@ def airflow_env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dag(airflow_env):
-    os.environ.update({k: v for k, v in airflow_env.items() if k.startswith("AIRFLOW")})
-    sys.path.insert(0, str(REPO / "plugins"))
-    from airflow.dag_processing.dagbag import DagBag
+    """The parsed DAG; the Airflow variables and the plugins path are set only while this module runs."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in airflow_env.items():
+            if key.startswith("AIRFLOW"):
+                patch.setenv(key, value)
+        patch.syspath_prepend(str(REPO / "plugins"))
+        from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(REPO / "dags"))
-    assert bag.import_errors == {}
-    return bag.dags[DAG_ID]
+        bag = DagBag(dag_folder=str(REPO / "dags"))
+        assert bag.import_errors == {}
+        yield bag.dags[DAG_ID]
 
 
 def test_dag_shape(dag):
@@ -80,6 +84,11 @@ def test_dag_shape(dag):
         assert key in dag.params
 
 
+def test_summaries_travel_whole_as_one_xcom(dag):
+    """No task splits its summary into one XCom per key (Airflow infers that from a ``dict`` annotation)."""
+    assert {t.task_id: t.multiple_outputs for t in dag.tasks} == {t.task_id: False for t in dag.tasks}
+
+
 def test_every_param_is_a_config_key(dag):
     from recsys_tasks.config import Config
 
@@ -107,7 +116,7 @@ def test_recsys_tasks_never_imports_airflow():
 
 # The end-to-end run of the DAG (a triggered run and a three-date backfill on a real scheduler with Celery
 # workers, mapped shard instances and their labels, run directories, Redis serving the newest date) is
-# tests/test_stack.py; it replaced the former `airflow dags test` backfill test here.
+# tests/test_stack.py.
 
 
 def test_data_seed_follows_the_logical_date_unless_pinned(monkeypatch):

@@ -2,10 +2,8 @@
 store, Airflow's api-server, scheduler, dag-processor and triggerer (CeleryExecutor) and two Celery workers
 on queue `gpu` from the Python 3.10 GPU-worker venv. A triggered run and a 3-date backfill go through to
 `load_redis`; the UI is checked in headless Chromium (tests/stack_browser.py); `down` leaves no process.
-
-This replaces the former two-date `airflow dags test` backfill test: it asserts the same things (a run
-directory per date, data tied to the date, mapped shard instances with their labels, a run's params
-beating the environment, Redis serving the newest date) on a real scheduler and real workers.
+It asserts a run directory per date, data tied to the date, mapped shard instances with their labels, a run's
+params beating the environment and Redis serving the newest date, on a real scheduler and real workers.
 """
 
 from __future__ import annotations
@@ -128,15 +126,22 @@ def test_workers_run_the_python_3_10_gpu_venv(stack):
     assert "UNHEALTHY" not in status and "DOWN" not in status, status
 
 
-def test_a_run_scores_its_shards_on_both_gpu_workers_at_once(stack):
+@pytest.fixture(scope="module")
+def triggered_run(stack) -> str:
+    """The DAG unpaused and one run triggered and finished, whichever test asks first. The backfill asks too,
+    so its newer dates always publish after this run (in the other order this run's load would be skipped)."""
     api = stack["api"]
     api.wait_for_dag(timeout_s=300)
     api.patch(f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
-    run_id, date, shards, top_n = TRIGGERED
+    run_id, date, _, _ = TRIGGERED
     api.post(f"/api/v2/dags/{DAG_ID}/dagRuns", {"dag_run_id": run_id, "logical_date": date, "conf": {}})
     api.wait_for_runs({run_id}, timeout_s=RUN_TIMEOUT_S)
+    return run_id
 
-    score = check_mapped_run(stack, run_id, shards, top_n)
+
+def test_a_run_scores_its_shards_on_both_gpu_workers_at_once(stack, triggered_run):
+    _, _, shards, top_n = TRIGGERED
+    score = check_mapped_run(stack, triggered_run, shards, top_n)
     assert {t["hostname"] for t in score} == GPU_WORKERS
     overlapping = [
         (a["map_index"], b["map_index"]) for a, b in combinations(score, 2)
@@ -147,7 +152,7 @@ def test_a_run_scores_its_shards_on_both_gpu_workers_at_once(stack):
     assert overlapping, [(t["map_index"], t["hostname"], t["start_date"], t["end_date"]) for t in score]
 
 
-def test_backfill_of_three_dates_is_run_by_the_scheduler(stack):
+def test_backfill_of_three_dates_is_run_by_the_scheduler(stack, triggered_run):
     import pandas as pd
     import pyarrow.parquet as pq
 
@@ -185,9 +190,9 @@ def test_backfill_of_three_dates_is_run_by_the_scheduler(stack):
     assert len(doc["recommendations"]) == BACKFILL_CONF["scoring.top_n"] and doc["run_id"] == manifest["run_id"]
 
 
-def test_the_ui_shows_every_task_the_shards_and_the_docs(stack):
+def test_the_ui_shows_every_task_the_shards_and_the_docs(stack, triggered_run):
     from stack_browser import check_ui
 
     senv = stack["stack_env"]
     check_ui(senv["AIRFLOW__API__BASE_URL"], senv["AIRFLOW_ADMIN_USERNAME"], senv["AIRFLOW_ADMIN_PASSWORD"],
-             dag_id=DAG_ID, run_id=TRIGGERED[0], tasks=TASKS, shards=TRIGGERED[2], screenshots=artifacts_dir())
+             dag_id=DAG_ID, run_id=triggered_run, tasks=TASKS, shards=TRIGGERED[2], screenshots=artifacts_dir())

@@ -1,4 +1,4 @@
-"""Reports of ``bench-pipeline``: JSON, Markdown, the log-log PNG, slopes and the issue's targets."""
+"""Reports of ``bench-pipeline``: JSON, Markdown, the log-log PNG, slopes and the 1M-user day's targets."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 TASKS = ("generate_data", "transform", "fit_retrieval", "fit_ranking", "score", "evaluate", "load_redis")
 
-# Targets of the 1M-user day (README, "Performance at scale").
+# Targets of the 1M-user day (docs/performance.md, `bench-pipeline`).
 TARGET_DAG_S = 45 * 60
 TARGET_PEAK_RSS_BYTES = 8 * 10**9
 TARGET_SLOPE = 1.1
@@ -86,7 +86,7 @@ def _interval(bounds: list[float] | None) -> str:
 
 
 def targets(points: list[dict[str, Any]], sweep_slopes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's targets against the largest point measured (met / not met / not measured)."""
+    """The 1M-user day's targets against the largest point measured (met / not met / not measured)."""
     if not points:
         return []
     largest = max(points, key=lambda p: p.get("users") or 0)

@@ -18,7 +18,7 @@ phase, ``write_documents`` run once more alone; redis-benchmark: the child proce
 (the masters, ``/proc/<pid>/stat``): on a machine whose cores the client and the servers share, this
 shows what the rate is bound by.
 
-Targets (issue 12): cluster >= 75% of ``redis-benchmark --cluster``; cluster within 20% of the single
+Targets: cluster >= 75% of ``redis-benchmark --cluster``; cluster within 20% of the single
 node's keys/s. Every figure is printed as a markdown table and written to ``--out`` as JSON.
 """
 
