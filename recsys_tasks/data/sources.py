@@ -156,8 +156,26 @@ def _counts(frame: Any) -> dict[str, int]:
     }
 
 
+def _write_parts(files: list[Path], rows_by_file: dict[Path, int], columns: list[str], target: Path,
+                 part_rows: int) -> int:
+    """The contract's columns of ``files`` (in order) as raw parts of up to ``part_rows`` rows (a file is never
+    split): a window of many small days would otherwise cost NVTabular one partition per day. Returns the parts."""
+    import pandas as pd
+
+    groups: list[list[Path]] = [[]]
+    for file in files:
+        if groups[-1] and sum(rows_by_file[f] for f in groups[-1]) + rows_by_file[file] > part_rows:
+            groups.append([])
+        groups[-1].append(file)
+    for index, group in enumerate(groups):
+        frame = pd.concat([pd.read_parquet(f, columns=columns) for f in group], ignore_index=True)
+        frame.to_parquet(target / f"part_{index}.parquet", index=False)
+    return len(groups)
+
+
 def _read_partitions(settings: DataConfig, paths: RunPaths) -> dict[str, Any]:
-    """The run's window of daily partitions: every file checked first, then copied (train days, then valid)."""
+    """The run's window of daily partitions: every file checked first, then copied (train days, then valid)
+    as parts of up to ``data.part_rows`` rows; empty days are counted in the window summary."""
     import pandas as pd
 
     from .partitions import plan_window
@@ -175,12 +193,12 @@ def _read_partitions(settings: DataConfig, paths: RunPaths) -> dict[str, Any]:
         # An empty day (a valid partition: nothing happened) is counted, not copied: NVTabular reads rows.
         files = [(day, index, file) for day in days for index, file in enumerate(plan.files[day])
                  if rows_by_file[file]]
-        for day, index, file in files:
-            shutil.copyfile(file, target / f"dt={day.isoformat()}-part_{index}.parquet")
         if not files:
             raise InputDataError(f"{plan.root}: every {name} day of the window ({days[0]}..{days[-1]}) is empty")
+        parts = _write_parts([file for _, _, file in files], rows_by_file, list(columns), target, settings.part_rows)
         users = pd.concat([pd.read_parquet(f, columns=["user_id"]) for _, _, f in files])["user_id"].nunique()
-        splits[name] = {"rows": int(sum(rows_by_day[d] for d in days)), "files": len(files), "users": int(users)}
+        splits[name] = {"rows": int(sum(rows_by_day[d] for d in days)), "files": len(files), "parts": parts,
+                        "users": int(users)}
     window = {**plan.describe(), "rows": {name: split["rows"] for name, split in splits.items()},
               "rows_per_day": {d.isoformat(): int(r) for d, r in rows_by_day.items()},
               "empty_days": [d.isoformat() for d, r in rows_by_day.items() if r == 0]}
