@@ -23,11 +23,13 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Stage 1: raw Ali-CCP impressions (``recsys_tasks/data/``: the three sources and the planted generator)."""
+    """Stage 1: raw impressions (``recsys_tasks/data/``: the three sources, the planted generator, the importer);
+    their columns are the input contract of ``user_features``/``item_features`` (``docs/input-data.md``)."""
 
     source: str = "planted"
     """``planted`` (synthetic, learnable, known truth), ``merlin`` (the notebook's random clicks) or
-    ``parquet`` (user-supplied raw files, ``train_path``/``valid_path``)."""
+    ``parquet`` (your own data: daily partitions under ``partition_root``, e.g. written by
+    ``import-interactions``, or fixed ``train_path``/``valid_path``)."""
     num_rows: int = 200_000
     """Impressions generated (train + valid); ``planted`` and ``merlin`` only."""
     valid_fraction: float = 0.3

@@ -119,11 +119,13 @@ def ids(frame: Any, path: Path, column: str, role: str) -> np.ndarray:
 
 def day_of(frame: Any, path: Path, spec: ImportSpec) -> tuple[np.ndarray, np.ndarray]:
     """Epoch seconds (UTC) and the day each row falls on in ``spec.timezone``."""
+    from zoneinfo import ZoneInfo
+
     import pandas as pd
 
     try:
-        zone = datetime.timezone.utc if spec.timezone == "UTC" else __import__("zoneinfo").ZoneInfo(spec.timezone)
-    except (KeyError, ValueError, OSError) as exc:
+        zone = datetime.timezone.utc if spec.timezone == "UTC" else ZoneInfo(spec.timezone)
+    except (KeyError, ValueError, OSError) as exc:  # ZoneInfoNotFoundError is a KeyError
         raise ConfigError(f"--timezone {spec.timezone!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)") from exc
     if spec.time_unit in ("s", "ms"):
         seconds = numbers(frame, path, spec.time_col, "timestamp") / (1000.0 if spec.time_unit == "ms" else 1.0)
