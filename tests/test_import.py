@@ -131,7 +131,14 @@ def test_parquet_source_reads_imported_days_counting_empty_ones(tmp_path):
     assert summary["splits"]["train"]["rows"] == 5 and summary["splits"]["valid"]["rows"] == 1
     assert summary["contract"] == {"user_features": ["age", "gender"], "item_features": ["year"]}
     copied = pd.read_parquet(tmp_path / "run" / "raw" / "train")
-    assert {"user_id", "item_id", "click", "age", "gender", "year"} <= set(copied.columns)
+    assert {"user_id", "item_id", "click", "age", "gender", "year"} == set(copied.columns)  # the contract's only
+    assert copied["item_id"].tolist() == [10, 10, 11, 12, 13]  # day by day, in time order
+    # Four non-empty training days become one raw part (NVTabular pays per part), or parts of <= part_rows.
+    assert summary["splits"]["train"]["parts"] == 1 and summary["splits"]["train"]["files"] == 4
+    small = generate_data(config.with_overrides({"data.part_rows": 2}), tmp_path / "run5")
+    assert small["splits"]["train"]["parts"] == 3  # days of 2, 1, 1, 1 rows: [2], [1, 1], [1]
+    parts = sorted((tmp_path / "run5" / "raw" / "train").glob("*.parquet"))
+    assert [len(pd.read_parquet(f)) for f in parts] == [2, 2, 1]
 
     # Ids only: no feature column is required (the Ali-CCP default would want 14 of them).
     ids_only = generate_data(_config(tmp_path, "2026-03-06", **{"data.user_features": "",

@@ -50,31 +50,32 @@ def _factor_scorer(model: Any) -> Scorer:
     return lambda rows: users[rows] @ items.T
 
 
-def _fit_single_thread(model: Any, clicks: Any) -> None:
-    # implicit's own loops are the parallel part; a BLAS thread pool under them only oversubscribes (its warning).
+def _fit_single_thread(make: Callable[[], Any], clicks: Any) -> Scorer:
+    # implicit's own loops are the parallel part; a BLAS thread pool under them only oversubscribes (implicit
+    # warns when it sees one at construction, hence both inside the limit).
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):
+        model = make()
         model.fit(clicks.tocsr().astype(np.float32), show_progress=False)
+    return _factor_scorer(model)
 
 
 def als(clicks: Any, factors: int, regularization: float, alpha: float, iterations: int, seed: int = 42) -> Scorer:
     from implicit.als import AlternatingLeastSquares
 
-    model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=alpha,
-                                    iterations=iterations, random_state=seed, num_threads=1)
-    _fit_single_thread(model, clicks)
-    return _factor_scorer(model)
+    return _fit_single_thread(lambda: AlternatingLeastSquares(
+        factors=factors, regularization=regularization, alpha=alpha, iterations=iterations, random_state=seed,
+        num_threads=1), clicks)
 
 
 def bpr(clicks: Any, factors: int, learning_rate: float, regularization: float, iterations: int,
         seed: int = 42) -> Scorer:
     from implicit.bpr import BayesianPersonalizedRanking
 
-    model = BayesianPersonalizedRanking(factors=factors, learning_rate=learning_rate, regularization=regularization,
-                                        iterations=iterations, random_state=seed, num_threads=1)
-    _fit_single_thread(model, clicks)
-    return _factor_scorer(model)
+    return _fit_single_thread(lambda: BayesianPersonalizedRanking(
+        factors=factors, learning_rate=learning_rate, regularization=regularization, iterations=iterations,
+        random_state=seed, num_threads=1), clicks)
 
 
 def _grid(**axes: list[Any]) -> list[dict[str, Any]]:
@@ -94,9 +95,9 @@ def peer_grids(quick: bool) -> dict[str, tuple[Callable[..., Scorer], list[dict[
                                    alpha=[1.0, 10.0] if quick else [1.0, 5.0, 20.0],
                                    iterations=[10] if quick else [15]))
         grids["bpr"] = (bpr, _grid(factors=[32] if quick else [32, 64, 128],
-                                   learning_rate=[0.05] if quick else [0.01, 0.05, 0.1],
+                                   learning_rate=[0.05] if quick else [0.01, 0.05],
                                    regularization=[0.01] if quick else [0.001, 0.01],
-                                   iterations=[50] if quick else [100, 300]))
+                                   iterations=[50] if quick else [100]))
     return grids
 
 
