@@ -65,11 +65,14 @@ def test_relevant_clicks_are_new_items_of_known_users():
 def test_paired_differences_are_against_the_published_lists():
     relevant = [np.array([1]), np.array([2, 3])]
     lists = {"published": np.array([[1, 9], [9, 9]]), "other": np.array([[9, 1], [2, 3]])}
-    results = evaluate_methods(lists, relevant, catalog_size=10, cutoffs=[1, 2])
+    results = evaluate_methods(lists, relevant, catalog_size=10, cutoffs=[1, 2],
+                               rated=[np.array([9]), np.array([4])])
     assert results["published"]["recall@2"]["mean"] == 0.5 and results["other"]["recall@2"]["mean"] == 1.0
     assert results["other"]["recall@2"]["vs_published"]["mean"] == 0.5
     assert results["other"]["recall@1"]["vs_published"]["mean"] == -0.25  # -1 for one user, +0.5 for the other
     assert results["published"]["coverage"] == 0.2 and "vs_published" not in results["published"]["recall@2"]
+    # Item 9 was already rated by user 0: one of published's two slots there, none for user 1 (who rated 4).
+    assert results["published"]["already_rated_share"] == 0.25 and results["other"]["already_rated_share"] == 0.25
 
 
 def test_small_bench_quality_runs_the_pipeline_and_reads_redis(tmp_path, capsys):
@@ -98,4 +101,5 @@ def test_small_bench_quality_runs_the_pipeline_and_reads_redis(tmp_path, capsys)
     assert result["results"]["popularity"]["recall@20"]["mean"] > 0.02
     assert result["results"]["published"]["recall@20"]["mean"] > 0.0
     assert set(result["peer_settings"]["ease"]["chosen"]) == {"l2"}
+    assert result["results"]["ease"]["already_rated_share"] == 0.0  # peers exclude every rated item
     assert (out / "report.md").read_text().startswith("# bench-quality: MovieLens-100K")

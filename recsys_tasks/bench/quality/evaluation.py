@@ -94,8 +94,9 @@ def tune_and_rank_peers(ratings: Any, n: int, quick: bool, seed: int) -> dict[st
         log.info("%s: validation NDCG@10 per setting %s; chosen %s", name, tried, grid[chosen])
         lists[name] = ranked(fit, grid[chosen], "test")
         settings[name] = {"chosen": grid[chosen], "grid": tried, "tuned_on": f"{len(valid_users)} validation users"}
+    rated = before_test.groupby("user_id")["item_id"].apply(np.unique)
     return {"lists": lists, "settings": settings, "test_users": test_users, "relevant": test_relevant,
-            "catalog_size": int(len(items.raw))}
+            "rated": [rated[u] for u in test_users], "catalog_size": int(len(items.raw))}
 
 
 def published_lists(documents: dict[int, Any], users: np.ndarray, n: int) -> np.ndarray:
@@ -109,13 +110,16 @@ def published_lists(documents: dict[int, Any], users: np.ndarray, n: int) -> np.
 
 
 def evaluate_methods(lists: dict[str, np.ndarray], relevant: list[np.ndarray], catalog_size: int,
-                     cutoffs: list[int]) -> dict[str, Any]:
-    """Every method's means with 95% intervals, catalogue coverage, and the paired difference to ``published``."""
+                     cutoffs: list[int], rated: list[np.ndarray] | None = None) -> dict[str, Any]:
+    """Every method's means with 95% intervals, catalogue coverage, the paired difference to ``published`` and,
+    given each user's ``rated`` items, the share of list slots spent on items the user had already rated."""
     values = {name: per_user(ranked, relevant, cutoffs) for name, ranked in lists.items()}
     results = {}
     for name, ranked in lists.items():
         top = ranked[:, :max(cutoffs)]
         entry: dict[str, Any] = {"coverage": round(len(np.unique(top[top >= 0])) / max(catalog_size, 1), 4)}
+        if rated is not None:
+            entry["already_rated_share"] = round(float(hits_matrix(top, rated)[top >= 0].mean()), 4)
         for metric, per in values[name].items():
             mean, interval = mean_ci95(per)
             entry[metric] = {"mean": round(mean, 4), "ci95": [round(x, 4) for x in interval]}

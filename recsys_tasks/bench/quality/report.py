@@ -48,16 +48,18 @@ def markdown(result: dict[str, Any]) -> str:
         f"{split['test']['last_day']} ({split['test']['interactions']}). {result['protocol']['test_users']} test "
         f"users ({result['protocol']['test_users_rule']}).",
         "",
-        "| method | recall@10 | recall@20 | NDCG@10 | coverage@20 | recall@20 - published [95% CI] "
+        "| method | recall@10 | recall@20 | NDCG@10 | coverage@20 | already rated | recall@20 - published [95% CI] "
         "| NDCG@10 - published [95% CI] |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in methods:
         entry = result["results"][name]
         lines.append(f"| {LABELS[name]} | {_cell(entry['recall@10'])} | {_cell(entry['recall@20'])} | "
-                     f"{_cell(entry['ndcg@10'])} | {entry['coverage']:.3f} | {_diff(entry['recall@20'])} | "
+                     f"{_cell(entry['ndcg@10'])} | {entry['coverage']:.3f} | "
+                     f"{entry.get('already_rated_share', float('nan')):.3f} | {_diff(entry['recall@20'])} | "
                      f"{_diff(entry['ndcg@10'])} |")
-    lines += ["", "Peers' chosen settings (tuned on validation NDCG@10): " + "; ".join(
+    lines += ["", "already rated: share of the top-20 slots holding an item the user rated before the test days.",
+              "", "Peers' chosen settings (tuned on validation NDCG@10): " + "; ".join(
         f"{name} {settings['chosen']}" for name, settings in result["peer_settings"].items()) + ".",
         "", f"Quality gate of the pipeline run: {_gate(result['pipeline']['quality_gate'])}.",
         "", "Protocol: " + "; ".join(f"{k}: {v}" for k, v in result["protocol"].items()) + "."]

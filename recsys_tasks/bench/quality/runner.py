@@ -153,7 +153,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "retrieval_order": retrieval_order(work / "run", train_clicks, test_users, fallback, args.top_n),
         **peers["lists"],
     }
-    results = evaluate_methods(lists, peers["relevant"], peers["catalog_size"], args.cutoffs)
+    results = evaluate_methods(lists, peers["relevant"], peers["catalog_size"], args.cutoffs, peers["rated"])
     fallback_users = sum(bool(d and d.get("fallback")) for d in pipeline["documents"].values())
     return {
         "benchmark": "bench-quality",
