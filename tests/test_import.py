@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -174,6 +176,33 @@ def test_contract_declarations(tmp_path):
     for value, message in (("click", "reserved"), ("a b", "not a column name"), ("a,a", "declared twice")):
         with pytest.raises(ConfigError, match=message):
             input_contract(Config().with_overrides({"data.user_features": value}).data)
+    mixed = input_contract(Config().with_overrides({"data.user_features": "age:continuous,gender:categorical",
+                                                    "data.item_features": "year:continuous"}).data)
+    assert mixed.user_features == ("gender",) and mixed.user_continuous == ("age",)
+    assert mixed.raw_columns == {"user_id": "i", "item_id": "i", "gender": "i", "click": "i", "age": "f", "year": "f"}
+    with pytest.raises(ConfigError, match="declares the kind 'weird'; known kinds: categorical, continuous"):
+        input_contract(Config().with_overrides({"data.user_features": "age:weird"}).data)
     with pytest.raises(ConfigError, match="planted generates Ali-CCP columns"):
         generate_data(Config().with_overrides({"data.user_features": "age"}), tmp_path / "run")
     assert not (tmp_path / "run" / "raw").exists()
+
+
+def test_continuous_features_are_imported_as_numbers_and_checked(tmp_path):
+    inter, users, items = _ratings(tmp_path)
+    spec = _spec(tmp_path, inter, users, items)
+    spec = dataclasses.replace(spec, users=FeatureTable(users, "user_id:token", {"age:token": "age:continuous",
+                                                                                "gender:token": "gender"}))
+    summary = import_interactions(spec)
+    assert summary["settings"]["data.user_features"] == "age:continuous,gender"
+    first = pd.read_parquet(tmp_path / "parts" / "dt=2026-03-01" / "part-0.parquet")
+    assert first["age"].dtype == np.float64 and first["age"].tolist() == [24.0, 53.0]
+    config = _config(tmp_path, "2026-03-06", **{"data.user_features": "age:continuous,gender",
+                                                "data.item_features": "year"})
+    assert generate_data(config, tmp_path / "run")["contract"]["user_continuous"] == ["age"]
+    day = tmp_path / "parts" / "dt=2026-03-02" / "part-0.parquet"
+    pd.read_parquet(day).assign(age=np.inf).to_parquet(day, index=False)
+    with pytest.raises(InputDataError, match=r"dt=2026-03-02/part-0.parquet: column 'age' holds inf \(row 0\)"):
+        generate_data(config, tmp_path / "run")
+    users.write_text(users.read_text().replace("\t53\t", "\tfifty\t"))
+    with pytest.raises(InputDataError, match=r"r.user: column 'age:token' holds 'fifty' at row 1; expected a number"):
+        import_interactions(spec)

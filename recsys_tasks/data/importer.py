@@ -188,7 +188,11 @@ def feature_codes(table: FeatureTable, id_column: str) -> Any:
     if ignored:
         log.info("%s: columns %s are not declared and are ignored", table.path, ignored)
     coded = {}
-    for source, name in table.features.items():
+    for source, declared in table.features.items():
+        name, _, kind = declared.partition(":")
+        if kind == "continuous":
+            coded[name] = numbers(frame, table.path, source, f"continuous feature {name}")
+            continue
         values = _column(frame, table.path, source, f"feature {name}")
         parsed = pd.to_numeric(values, errors="coerce")
         if not parsed.isna().any() and (parsed == np.floor(parsed)).all() and (parsed >= 0).all():
@@ -267,13 +271,18 @@ def import_interactions(spec: ImportSpec) -> dict[str, Any]:
 
 
 def parse_features(value: str, option: str) -> dict[str, str]:
-    """``"age:token=age,gender"`` -> ``{"age:token": "age", "gender": "gender"}`` (source column = name)."""
+    """``"age:token=age:continuous,gender"`` -> ``{"age:token": "age:continuous", "gender": "gender"}``:
+    source column -> the name it gets (and its kind, categorical unless ``:continuous``)."""
     features = {}
     for entry in (e.strip() for e in value.split(",") if e.strip()):
-        source, _, name = entry.rpartition("=") if "=" in entry else (entry, "", entry)
+        if "=" in entry:
+            source, _, name = entry.rpartition("=")
+        else:  # "genre" or "age:continuous": the column keeps its name
+            source = entry.rsplit(":", 1)[0] if entry.endswith((":continuous", ":categorical")) else entry
+            name = entry
         features[source] = name
     declared_features(",".join(features.values()), (), option)
-    clash = sorted(set(features.values()) & RESERVED)
+    clash = sorted({name.partition(":")[0] for name in features.values()} & RESERVED)
     if clash:
         raise ConfigError(f"{option}: {clash} are reserved names")
     return features
@@ -305,10 +314,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--end", default="", help="last day to write, YYYY-MM-DD (default: the last in the data)")
     parser.add_argument("--users", type=Path, help="optional user table (one row per user)")
     parser.add_argument("--user-key", default="user_id", help="the user table's id column")
-    parser.add_argument("--user-features", default="", help="its categorical columns, SOURCE[=NAME],...")
+    parser.add_argument("--user-features", default="",
+                        help="its feature columns, SOURCE[=NAME[:continuous]],... (categorical unless :continuous)")
     parser.add_argument("--items", type=Path, help="optional item table (one row per item)")
     parser.add_argument("--item-key", default="item_id", help="the item table's id column")
-    parser.add_argument("--item-features", default="", help="its categorical columns, SOURCE[=NAME],...")
+    parser.add_argument("--item-features", default="", help="as --user-features, for the item table")
     args = parser.parse_args(argv)
     spec = ImportSpec(
         interactions=args.interactions, root=args.root, user_col=args.user_col, item_col=args.item_col,

@@ -51,7 +51,15 @@ def check_raw_frame(frame: Any, source: str, columns: dict[str, str] | None = No
         if values.isna().any():
             row = int(np.flatnonzero(values.isna().to_numpy())[0])
             raise InputDataError(f"{source}: column {column!r} holds a null value (row {row})")
-        if values.dtype.kind not in (kind, "u"):
+        if kind == "f":  # a continuous feature: any finite number
+            finite = np.isfinite(values.to_numpy(dtype=np.float64)) if values.dtype.kind in "fiu" else None
+            if finite is None:
+                raise InputDataError(f"{source}: column {column!r} has dtype {values.dtype}, expected a number")
+            if not finite.all():
+                row = int(np.flatnonzero(~finite)[0])
+                raise InputDataError(f"{source}: column {column!r} holds {values.iloc[row]} (row {row}), "
+                                     "expected a finite number")
+        elif values.dtype.kind not in (kind, "u"):
             raise InputDataError(
                 f"{source}: column {column!r} has dtype {values.dtype}, expected an integer type"
             )
@@ -132,9 +140,12 @@ def check_parquet_file(file: Path, columns: dict[str, str] | None = None, *, all
     missing = [c for c in columns if c not in schema.names]
     if missing:
         raise InputDataError(f"{file}: missing column(s) {missing}; expected {_expected(columns)}")
-    for column in columns:
-        if not pa.types.is_integer(schema.field(column).type):
-            raise InputDataError(f"{file}: column {column!r} has type {schema.field(column).type}, expected an integer")
+    for column, kind in columns.items():
+        kind_of_file = schema.field(column).type
+        if kind == "f" and not (pa.types.is_integer(kind_of_file) or pa.types.is_floating(kind_of_file)):
+            raise InputDataError(f"{file}: column {column!r} has type {kind_of_file}, expected a number")
+        if kind != "f" and not pa.types.is_integer(kind_of_file):
+            raise InputDataError(f"{file}: column {column!r} has type {kind_of_file}, expected an integer")
     ignored = [c for c in schema.names if c not in columns and c not in IGNORED_QUIETLY]
     if ignored:
         log.info("%s: columns %s are not in the input contract and are ignored", file, ignored)

@@ -33,7 +33,25 @@ def check_raw_parquet(directory: Path, contract: InputContract = ALICCP_CONTRACT
     """Check every raw parquet file before NVTabular sees it (see ``validation.check_raw_parquet``)."""
     from ..validation import check_raw_parquet as check
 
-    return check(directory, contract.raw_columns, produced_by="generate_data")
+    # validation's check is for integer columns; generate_data already checked the continuous ones' values.
+    integers = {c: k for c, k in contract.raw_columns.items() if k == "i"}
+    files = check(directory, integers, produced_by="generate_data")
+    _check_continuous_types(files, [c for c, k in contract.raw_columns.items() if k == "f"])
+    return files
+
+
+def _check_continuous_types(files: list[Path], columns: list[str]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for file in files if columns else []:
+        schema = pq.read_schema(file)
+        for column in columns:
+            if column not in schema.names:
+                raise InputDataError(f"{file}: missing the declared continuous column {column!r}")
+            kind = schema.field(column).type
+            if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+                raise InputDataError(f"{file}: column {column!r} has type {kind}, expected a number")
 
 
 def build_workflow(categories_dir: Path, contract: InputContract = ALICCP_CONTRACT) -> Any:
@@ -51,6 +69,13 @@ def build_workflow(categories_dir: Path, contract: InputContract = ALICCP_CONTRA
         features.append(list(contract.item_features) >> ops.Categorify(**cat) >> ops.TagAsItemFeatures())
     if contract.user_features:
         features.append(list(contract.user_features) >> ops.Categorify(**cat) >> ops.TagAsUserFeatures())
+    # Continuous features: float32, standardised with the training split's mean and deviation.
+    if contract.item_continuous:
+        features.append(list(contract.item_continuous) >> ops.LambdaOp(_as_float32) >> ops.Normalize()
+                        >> ops.TagAsItemFeatures())
+    if contract.user_continuous:
+        features.append(list(contract.user_continuous) >> ops.LambdaOp(_as_float32) >> ops.Normalize()
+                        >> ops.TagAsUserFeatures())
     user_id_raw = (
         ["user_id"] >> ops.Rename(postfix="_raw") >> ops.LambdaOp(_as_int64) >> ops.TagAsUserFeatures()
     )
@@ -68,6 +93,10 @@ def build_workflow(categories_dir: Path, contract: InputContract = ALICCP_CONTRA
 def _as_int64(column: Any) -> Any:
     # The notebook casts raw ids to int32; int64 keeps real-world ids (which exceed 2**31) intact.
     return column.astype("int64")
+
+
+def _as_float32(column: Any) -> Any:
+    return column.astype("float32")
 
 
 def _clicked_only(frame: Any) -> Any:

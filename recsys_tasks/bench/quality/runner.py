@@ -23,7 +23,7 @@ from .split import TimeSplit, time_split
 log = get_logger("bench_quality")
 
 PIPELINE_STAGES = ("generate_data", "transform", "fit_retrieval", "fit_ranking", "score", "evaluate")
-USER_FEATURES = {"age:token": "age", "gender:token": "gender", "occupation:token": "occupation"}
+USER_FEATURES = {"age:token": "age:continuous", "gender:token": "gender", "occupation:token": "occupation"}
 ITEM_FEATURES = {"release_year:token": "release_year"}
 
 
@@ -202,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--valid-fraction", type=float, default=0.1, help="interactions in the validation days")
     parser.add_argument("--test-fraction", type=float, default=0.2, help="interactions in the test days")
     parser.add_argument("--features", choices=["declared", "ids"], default="declared",
-                        help="declared: age, gender, occupation and release year as categorical features; ids: none")
+                        help="declared: age (continuous), gender, occupation, release year (categorical); ids: none")
     parser.add_argument("--quick", action="store_true", help="the test suite's variant: small peer grids")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="pipeline config override, e.g. --set retrieval.epochs=2 (repeatable)")
