@@ -194,7 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .report import write_report
 
     parser = argparse.ArgumentParser(prog="python -m recsys_tasks bench-quality", description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("bench-results/quality"), help="output directory")
+    parser.add_argument("--out", type=Path, default=Path("bench-quality"),
+                        help="output directory (git-ignored: its work/ holds the imported MovieLens data)")
     parser.add_argument("--data-dir", type=Path, help="ML-100K cache (default $RECSYS_DATA_CACHE/ml-100k or "
                         "~/.cache/recsys_tasks/ml-100k); fetched from the recbole wheel when absent")
     parser.add_argument("--users", type=int, default=0, help="a seeded sample of this many users (0: all 943)")
