@@ -100,6 +100,8 @@ def test_bad_settings_are_config_errors(tmp_path):
     inter, _, _ = _ratings(tmp_path)
     with pytest.raises(ConfigError, match="not an IANA time zone"):
         import_interactions(_spec(tmp_path, inter, timezone="Mars/Olympus"))
+    with pytest.raises(ConfigError, match="--start must be a day written YYYY-MM-DD, got '1/3/2026'"):
+        import_interactions(_spec(tmp_path, inter, start="1/3/2026"))
     with pytest.raises(ConfigError, match="needs --rating-threshold"):
         import_interactions(_spec(tmp_path, inter, rating_threshold=None))
 

@@ -213,6 +213,13 @@ def join_features(rows: dict[str, np.ndarray], table: FeatureTable, id_column: s
         rows[name] = codes[name].to_numpy()[position]
 
 
+def _day(value: str, option: str) -> datetime.date:
+    try:
+        return datetime.date.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"{option} must be a day written YYYY-MM-DD, got {value!r}") from None
+
+
 def import_interactions(spec: ImportSpec) -> dict[str, Any]:
     """Write ``<root>/dt=YYYY-MM-DD/`` for every day from the first to the last; returns the summary."""
     import pandas as pd
@@ -237,8 +244,8 @@ def import_interactions(spec: ImportSpec) -> dict[str, Any]:
         if table is not None:
             join_features(rows, table, id_column, path)
             declared[key] = ",".join(table.features.values())
-    first = datetime.date.fromisoformat(spec.start) if spec.start else min(days)
-    last = datetime.date.fromisoformat(spec.end) if spec.end else max(days)
+    first = _day(spec.start, "--start") if spec.start else min(days)
+    last = _day(spec.end, "--end") if spec.end else max(days)
     if last < first:
         raise ConfigError(f"--end {last} is before --start {first}")
     data = pd.DataFrame(rows)
