@@ -1,7 +1,10 @@
 """``python -m recsys_tasks <stage> --run-dir DIR``: every stage runnable without Airflow.
 
 ``run`` runs all seven stages in order; ``fetch USER_ID`` prints one published document;
-``make-partitions --root DIR --start YYYY-MM-DD --days N`` writes planted daily partitions; ``bench``
+``make-partitions --root DIR --start YYYY-MM-DD --days N`` writes planted daily partitions;
+``import-interactions FILE --root DIR ...`` writes your own interactions as daily partitions
+(``docs/input-data.md``); ``bench-quality`` measures the published lists against classic recommenders on
+MovieLens-100K (``docs/benchmark-quality.md``); ``bench``
 measures scoring and loading against the notebook's method (``python -m recsys_tasks bench --help``);
 ``bench-store`` the load into a Redis Cluster vs one Redis vs ``redis-benchmark --cluster``;
 ``bench-pipeline`` runs the whole DAG at a preset size or a sweep of sizes, measured task by task. Redis is
@@ -103,6 +106,14 @@ def _main(argv: Sequence[str] | None = None) -> int:
         from .bench.store import main as bench_store_main
 
         return bench_store_main(argv[1:])
+    if argv[:1] == ["import-interactions"]:
+        from .data.importer import main as import_main
+
+        return import_main(argv[1:])
+    if argv[:1] == ["bench-quality"]:
+        from .bench.quality.runner import main as bench_quality_main
+
+        return bench_quality_main(argv[1:])
     if argv[:1] == ["bench-pipeline"]:
         from .bench.pipeline import main as bench_pipeline_main
 

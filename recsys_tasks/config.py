@@ -23,11 +23,13 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Stage 1: raw Ali-CCP impressions (``recsys_tasks/data/``: the three sources and the planted generator)."""
+    """Stage 1: raw impressions (``recsys_tasks/data/``: the three sources, the planted generator, the importer);
+    their columns are the input contract of ``user_features``/``item_features`` (``docs/input-data.md``)."""
 
     source: str = "planted"
     """``planted`` (synthetic, learnable, known truth), ``merlin`` (the notebook's random clicks) or
-    ``parquet`` (user-supplied raw files, ``train_path``/``valid_path``)."""
+    ``parquet`` (your own data: daily partitions under ``partition_root``, e.g. written by
+    ``import-interactions``, or fixed ``train_path``/``valid_path``)."""
     num_rows: int = 200_000
     """Impressions generated (train + valid); ``planted`` and ``merlin`` only."""
     valid_fraction: float = 0.3
@@ -66,6 +68,12 @@ class DataConfig:
     valid_days: int = 1
     """Daily partitions: the last ``valid_days`` days of the window are the validation split (a time-based
     split, as a model trained today is used on tomorrow's traffic); the earlier days are training data."""
+    user_features: str = "aliccp"
+    """The input contract's user features: comma-separated raw column names, each an integer-coded
+    categorical feature of the user (``"age_group,gender,occupation"``); ``aliccp`` = Ali-CCP's 11 user
+    columns (planted and ``merlin`` data); empty = the user id only (see ``docs/input-data.md``)."""
+    item_features: str = "aliccp"
+    """As ``user_features``, for the item (``aliccp`` = ``item_category,item_shop,item_brand``)."""
 
 
 DASK_CLUSTERS = ("none", "local", "local_cuda")

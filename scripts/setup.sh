@@ -36,7 +36,7 @@ else
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   echo "==> installing the pinned set into $VENV (a few minutes the first time)"
   "$VENV/bin/python" -m pip install -q "pip<26.3"
-  "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[airflow,stack,local,dev,plots,ann]"
+  "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[airflow,stack,local,dev,plots,ann,peers]"
   "$VENV/bin/python" -m pip check
   echo "$want" > "$stamp"
 fi

@@ -19,6 +19,9 @@ from ..runtime import InputDataError, get_logger
 log = get_logger("generate_data")
 
 PARTITION_PREFIX = "dt="
+MANIFEST_NAME = "_manifest.json"
+"""Beside each partition's parquet: its rows (and who wrote it); a reader refuses a partition whose
+parquet rows differ from its manifest (a day replaced by hand, half copied)."""
 
 
 class MissingPartitionError(InputDataError):
@@ -85,31 +88,59 @@ def plan_window(settings: DataConfig) -> WindowPlan:
     return WindowPlan(root=root, train_days=days[:cut], valid_days=days[cut:], files=files)
 
 
+def check_manifest(directory: Path, rows: int) -> None:
+    """Refuse a partition whose ``_manifest.json`` names another row count than its parquet files hold."""
+    import json
+
+    manifest = directory / MANIFEST_NAME
+    if not manifest.is_file():
+        return
+    try:
+        expected = json.loads(manifest.read_text())["rows"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputDataError(f"{manifest}: not a partition manifest with a 'rows' field ({exc})") from exc
+    if expected != rows:
+        raise InputDataError(f"{directory}: the parquet files hold {rows} rows but {manifest} says {expected}; "
+                             "the partition was changed after it was written: write it again")
+
+
+def write_partition(part: Any, root: str | Path, day: datetime.date, manifest: dict[str, Any] | None = None) -> dict:
+    """One day's rows (possibly none) as ``<root>/dt=<day>/part-0.parquet`` plus its manifest.
+
+    Written to a temporary directory and renamed into place, so a reader never sees half a day; an
+    existing partition of the same day is replaced. Returns ``{dt, path, rows}``.
+    """
+    import json
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    target = partition_dir(root, day)
+    staging = root / f".{target.name}.tmp"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    part = part.reset_index(drop=True)
+    part.to_parquet(staging / "part-0.parquet", index=False)
+    entry = {"dt": day.isoformat(), "path": str(target), "rows": int(len(part))}
+    (staging / MANIFEST_NAME).write_text(json.dumps({**entry, **(manifest or {})}, indent=1))
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    log.info("partition %s: %d rows", target, len(part))
+    return entry
+
+
 def write_partitions(frame: Any, root: str | Path, start_date: str, days: int) -> list[dict[str, Any]]:
     """Split ``frame``'s rows into ``days`` consecutive daily partitions from ``start_date`` on.
 
-    Each partition is written to a temporary directory and renamed into place, so a reader never sees
-    half a day; an existing partition of the same day is replaced. Returns one ``{dt, path, rows}`` per day.
+    Returns one ``{dt, path, rows}`` per day (see :func:`write_partition`).
     """
     import numpy as np
 
     first = datetime.date.fromisoformat(start_date)
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     bounds = np.linspace(0, len(frame), days + 1).astype(np.int64)
-    written = []
-    for index in range(days):
-        day = first + datetime.timedelta(days=index)
-        target = partition_dir(root, day)
-        staging = root / f".{target.name}.tmp"
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir()
-        part = frame.iloc[bounds[index]:bounds[index + 1]].reset_index(drop=True)
-        part.to_parquet(staging / "part-0.parquet", index=False)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-        written.append({"dt": day.isoformat(), "path": str(target), "rows": int(len(part))})
-        log.info("partition %s: %d rows", target, len(part))
-    return written
+    return [
+        write_partition(frame.iloc[bounds[index]:bounds[index + 1]], root, first + datetime.timedelta(days=index),
+                        {"written_by": "make-partitions"})
+        for index in range(days)
+    ]

@@ -23,49 +23,43 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Config, DataConfig
+from ..config import Config, ConfigError, DataConfig
 from ..paths import RunPaths
 from ..runtime import InputDataError, get_logger, seed_everything, stage
+from .contract import ALICCP_CONTRACT, input_contract
+from .partitions import check_manifest
 from .planted import planted_parts
 
 log = get_logger("generate_data")
 
-# Raw Ali-CCP columns the NVTabular workflow reads, with the dtype kind each must have.
-RAW_COLUMNS: dict[str, str] = {
-    "user_id": "i",
-    "item_id": "i",
-    "item_category": "i",
-    "item_shop": "i",
-    "item_brand": "i",
-    "user_shops": "i",
-    "user_profile": "i",
-    "user_group": "i",
-    "user_gender": "i",
-    "user_age": "i",
-    "user_consumption_2": "i",
-    "user_is_occupied": "i",
-    "user_geography": "i",
-    "user_intentions": "i",
-    "user_brands": "i",
-    "user_categories": "i",
-    "click": "i",
-}
+# Raw Ali-CCP columns (the planted and merlin sources' contract), with the dtype kind each must have.
+RAW_COLUMNS: dict[str, str] = ALICCP_CONTRACT.raw_columns
 
 
-
-def check_raw_frame(frame: Any, source: str) -> None:
-    """Refuse a raw frame that lacks a column, has a non-integer or null column, bad ids or clicks, or no rows."""
-    missing = [c for c in RAW_COLUMNS if c not in frame.columns]
+def check_raw_frame(frame: Any, source: str, columns: dict[str, str] | None = None, *,
+                    allow_empty: bool = False) -> None:
+    """Refuse a raw frame that lacks a column, has a non-integer or null column, bad ids or clicks, or no rows
+    (``allow_empty``: an empty frame is a valid day without interactions)."""
+    columns = RAW_COLUMNS if columns is None else columns
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise InputDataError(f"{source}: missing column(s) {missing}; expected the Ali-CCP raw schema")
-    if len(frame) == 0:
+        raise InputDataError(f"{source}: missing column(s) {missing}; expected {_expected(columns)}")
+    if len(frame) == 0 and not allow_empty:
         raise InputDataError(f"{source}: no rows")
-    for column, kind in RAW_COLUMNS.items():
+    for column, kind in columns.items():
         values = frame[column]
         if values.isna().any():
             row = int(np.flatnonzero(values.isna().to_numpy())[0])
             raise InputDataError(f"{source}: column {column!r} holds a null value (row {row})")
-        if values.dtype.kind not in (kind, "u"):
+        if kind == "f":  # a continuous feature: any finite number
+            finite = np.isfinite(values.to_numpy(dtype=np.float64)) if values.dtype.kind in "fiu" else None
+            if finite is None:
+                raise InputDataError(f"{source}: column {column!r} has dtype {values.dtype}, expected a number")
+            if not finite.all():
+                row = int(np.flatnonzero(~finite)[0])
+                raise InputDataError(f"{source}: column {column!r} holds {values.iloc[row]} (row {row}), "
+                                     "expected a finite number")
+        elif values.dtype.kind not in (kind, "u"):
             raise InputDataError(
                 f"{source}: column {column!r} has dtype {values.dtype}, expected an integer type"
             )
@@ -81,6 +75,12 @@ def check_raw_frame(frame: Any, source: str) -> None:
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise InputDataError(f"{source}: column 'click' holds {int(clicks[row])} at row {row}; expected 0 or 1")
+
+
+def _expected(columns: dict[str, str]) -> str:
+    if columns == RAW_COLUMNS:
+        return "the Ali-CCP raw schema (data.user_features/data.item_features = aliccp)"
+    return f"the declared input contract {list(columns)} (docs/input-data.md)"
 
 
 def split_rows(frame: Any, valid_fraction: float, seed: int, rng: Any = None) -> tuple[Any, Any]:
@@ -125,8 +125,10 @@ def parquet_files(location: str, setting: str) -> list[Path]:
     return [path]
 
 
-def check_parquet_file(file: Path) -> int:
-    """Check one user-supplied raw file (schema, then values of the columns we use); returns its rows."""
+def check_parquet_file(file: Path, columns: dict[str, str] | None = None, *, allow_empty: bool = False) -> int:
+    """Check one user-supplied raw file (schema, then values of the columns we use); returns its rows.
+
+    Columns the contract does not name are ignored (and named in the log)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -134,15 +136,26 @@ def check_parquet_file(file: Path) -> int:
         schema = pq.read_schema(file)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputDataError(f"{file}: not a readable parquet file ({exc})") from exc
-    missing = [c for c in RAW_COLUMNS if c not in schema.names]
+    columns = RAW_COLUMNS if columns is None else columns
+    missing = [c for c in columns if c not in schema.names]
     if missing:
-        raise InputDataError(f"{file}: missing column(s) {missing}; expected the Ali-CCP raw schema")
-    for column in RAW_COLUMNS:
-        if not pa.types.is_integer(schema.field(column).type):
-            raise InputDataError(f"{file}: column {column!r} has type {schema.field(column).type}, expected an integer")
-    frame = pq.read_table(file, columns=list(RAW_COLUMNS)).to_pandas()
-    check_raw_frame(frame, str(file))
+        raise InputDataError(f"{file}: missing column(s) {missing}; expected {_expected(columns)}")
+    for column, kind in columns.items():
+        kind_of_file = schema.field(column).type
+        if kind == "f" and not (pa.types.is_integer(kind_of_file) or pa.types.is_floating(kind_of_file)):
+            raise InputDataError(f"{file}: column {column!r} has type {kind_of_file}, expected a number")
+        if kind != "f" and not pa.types.is_integer(kind_of_file):
+            raise InputDataError(f"{file}: column {column!r} has type {kind_of_file}, expected an integer")
+    ignored = [c for c in schema.names if c not in columns and c not in IGNORED_QUIETLY]
+    if ignored:
+        log.info("%s: columns %s are not in the input contract and are ignored", file, ignored)
+    frame = pq.read_table(file, columns=list(columns)).to_pandas()
+    check_raw_frame(frame, str(file), columns, allow_empty=allow_empty)
     return len(frame)
+
+
+# Written by the importer beside the contract's columns; not used by the models (yet).
+IGNORED_QUIETLY = frozenset({"timestamp", "rating", "weight"})
 
 
 def _counts(frame: Any) -> dict[str, int]:
@@ -154,28 +167,57 @@ def _counts(frame: Any) -> dict[str, int]:
     }
 
 
+def _write_parts(files: list[Path], rows_by_file: dict[Path, int], columns: list[str], target: Path,
+                 part_rows: int) -> int:
+    """The contract's columns of ``files`` (in order) as raw parts of up to ``part_rows`` rows (a file is never
+    split): a window of many small days would otherwise cost NVTabular one partition per day. Returns the parts."""
+    import pandas as pd
+
+    groups: list[list[Path]] = [[]]
+    for file in files:
+        if groups[-1] and sum(rows_by_file[f] for f in groups[-1]) + rows_by_file[file] > part_rows:
+            groups.append([])
+        groups[-1].append(file)
+    for index, group in enumerate(groups):
+        frame = pd.concat([pd.read_parquet(f, columns=columns) for f in group], ignore_index=True)
+        frame.to_parquet(target / f"part_{index}.parquet", index=False)
+    return len(groups)
+
+
 def _read_partitions(settings: DataConfig, paths: RunPaths) -> dict[str, Any]:
-    """The run's window of daily partitions: every file checked first, then copied (train days, then valid)."""
+    """The run's window of daily partitions: every file checked first, then copied (train days, then valid)
+    as parts of up to ``data.part_rows`` rows; empty days are counted in the window summary."""
     import pandas as pd
 
     from .partitions import plan_window
 
     plan = plan_window(settings)
-    rows_by_day = {day: sum(check_parquet_file(f) for f in files) for day, files in plan.files.items()}
+    columns = input_contract(settings).raw_columns
+    rows_by_file = {f: check_parquet_file(f, columns, allow_empty=True) for fs in plan.files.values() for f in fs}
+    rows_by_day = {day: sum(rows_by_file[f] for f in files) for day, files in plan.files.items()}
+    for day, files in plan.files.items():
+        check_manifest(files[0].parent, rows_by_day[day])
     splits = {}
     for name, days, target in (("train", plan.train_days, paths.raw_train),
                                ("valid", plan.valid_days, paths.raw_valid)):
         target.mkdir(parents=True, exist_ok=True)
-        files = [(day, index, file) for day in days for index, file in enumerate(plan.files[day])]
-        for day, index, file in files:
-            shutil.copyfile(file, target / f"dt={day.isoformat()}-part_{index}.parquet")
+        # An empty day (a valid partition: nothing happened) is counted, not copied: NVTabular reads rows.
+        files = [(day, index, file) for day in days for index, file in enumerate(plan.files[day])
+                 if rows_by_file[file]]
+        if not files:
+            raise InputDataError(f"{plan.root}: every {name} day of the window ({days[0]}..{days[-1]}) is empty")
+        parts = _write_parts([file for _, _, file in files], rows_by_file, list(columns), target, settings.part_rows)
         users = pd.concat([pd.read_parquet(f, columns=["user_id"]) for _, _, f in files])["user_id"].nunique()
-        splits[name] = {"rows": int(sum(rows_by_day[d] for d in days)), "files": len(files), "users": int(users)}
+        splits[name] = {"rows": int(sum(rows_by_day[d] for d in days)), "files": len(files), "parts": parts,
+                        "users": int(users)}
     window = {**plan.describe(), "rows": {name: split["rows"] for name, split in splits.items()},
-              "rows_per_day": {d.isoformat(): int(r) for d, r in rows_by_day.items()}}
-    log.info("window %s..%s: train %s, valid %s", window["start_date"], window["end_date"],
-             window["train_days"], window["valid_days"])
+              "rows_per_day": {d.isoformat(): int(r) for d, r in rows_by_day.items()},
+              "empty_days": [d.isoformat() for d, r in rows_by_day.items() if r == 0]}
+    log.info("window %s..%s: train %s, valid %s, %d empty day(s)", window["start_date"], window["end_date"],
+             window["train_days"], window["valid_days"], len(window["empty_days"]))
     return {"splits": splits, "window": window}
+
+
 def _write_planted(settings: DataConfig, paths: RunPaths) -> dict[str, Any]:
     """Planted impressions, ``data.part_rows`` at a time, each part split and written as it is drawn."""
     import time
@@ -214,8 +256,12 @@ def _write_planted(settings: DataConfig, paths: RunPaths) -> dict[str, Any]:
 def generate_data(config: Config, paths: RunPaths) -> dict[str, Any]:
     """Write ``raw/train/`` and ``raw/valid/`` parquet (and ``raw/truth.npz`` for planted data)."""
     settings = config.data
+    contract = input_contract(settings)
+    if settings.source != "parquet" and contract != ALICCP_CONTRACT:
+        raise ConfigError(f"data.source={settings.source} generates Ali-CCP columns: keep data.user_features and "
+                          "data.item_features at 'aliccp' (or use data.source=parquet for your own data)")
     paths.fresh(paths.raw)
-    summary: dict[str, Any] = {"source": settings.source}
+    summary: dict[str, Any] = {"source": settings.source, "contract": contract.describe()}
     if settings.source == "parquet" and settings.partition_root:
         summary.update(_read_partitions(settings, paths))
     elif settings.source == "parquet":
@@ -225,7 +271,7 @@ def generate_data(config: Config, paths: RunPaths) -> dict[str, Any]:
             ("valid", settings.valid_path, "data.valid_path", paths.raw_valid),
         ):
             files = parquet_files(location, setting)
-            rows = [check_parquet_file(f) for f in files]
+            rows = [check_parquet_file(f, contract.raw_columns) for f in files]
             target.mkdir(parents=True, exist_ok=True)
             for index, file in enumerate(files):
                 shutil.copyfile(file, target / f"part_{index}.parquet")
@@ -242,7 +288,7 @@ def generate_data(config: Config, paths: RunPaths) -> dict[str, Any]:
         train, valid = _merlin_frames(settings)
         counts = {}
         for name, frame, target in (("train", train, paths.raw_train), ("valid", valid, paths.raw_valid)):
-            check_raw_frame(frame, f"generated {name} data")
+            check_raw_frame(frame, f"generated {name} data", contract.raw_columns)
             target.mkdir(parents=True, exist_ok=True)
             frame.reset_index(drop=True).to_parquet(target / "part_0.parquet", index=False)
             counts[name] = _counts(frame)

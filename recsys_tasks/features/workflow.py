@@ -16,39 +16,47 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, ConfigError, TransformConfig
-from ..data.sources import RAW_COLUMNS
+from ..data.contract import ALICCP_CONTRACT, ALICCP_ITEM_FEATURES, ALICCP_USER_FEATURES, InputContract, input_contract
 from ..paths import RunPaths, require
 from ..runtime import InputDataError, get_logger, parquet_rows, stage
 
 log = get_logger("transform")
 
-USER_FEATURES = [
-    "user_shops",
-    "user_profile",
-    "user_group",
-    "user_gender",
-    "user_age",
-    "user_consumption_2",
-    "user_is_occupied",
-    "user_geography",
-    "user_intentions",
-    "user_brands",
-    "user_categories",
-]
-ITEM_FEATURES = ["item_category", "item_shop", "item_brand"]
+# Ali-CCP's features (the planted and merlin sources); a run's own come from its input contract.
+USER_FEATURES = list(ALICCP_USER_FEATURES)
+ITEM_FEATURES = list(ALICCP_ITEM_FEATURES)
 RAW_ID_COLUMNS = ["user_id_raw", "item_id_raw"]
 TARGET = "click"
 
 
-def check_raw_parquet(directory: Path) -> list[Path]:
+def check_raw_parquet(directory: Path, contract: InputContract = ALICCP_CONTRACT) -> list[Path]:
     """Check every raw parquet file before NVTabular sees it (see ``validation.check_raw_parquet``)."""
     from ..validation import check_raw_parquet as check
 
-    return check(directory, RAW_COLUMNS, produced_by="generate_data")
+    # validation's check is for integer columns; generate_data already checked the continuous ones' values.
+    integers = {c: k for c, k in contract.raw_columns.items() if k == "i"}
+    files = check(directory, integers, produced_by="generate_data")
+    _check_continuous_types(files, [c for c, k in contract.raw_columns.items() if k == "f"])
+    return files
 
 
-def build_workflow(categories_dir: Path) -> Any:
-    """The notebook's feature graph: encoded ids and features, raw ids kept, target tagged, nulls dropped."""
+def _check_continuous_types(files: list[Path], columns: list[str]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for file in files if columns else []:
+        schema = pq.read_schema(file)
+        for column in columns:
+            if column not in schema.names:
+                raise InputDataError(f"{file}: missing the declared continuous column {column!r}")
+            kind = schema.field(column).type
+            if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+                raise InputDataError(f"{file}: column {column!r} has type {kind}, expected a number")
+
+
+def build_workflow(categories_dir: Path, contract: InputContract = ALICCP_CONTRACT) -> Any:
+    """The notebook's feature graph: encoded ids and the declared features (Merlin's USER/ITEM tags), raw ids
+    kept, target tagged, nulls dropped."""
     import nvtabular as nvt
     from merlin.schema.tags import Tags
     from nvtabular import ops
@@ -56,8 +64,18 @@ def build_workflow(categories_dir: Path) -> Any:
     cat = dict(dtype="int32", out_path=str(categories_dir))
     user_id = ["user_id"] >> ops.Categorify(**cat) >> ops.TagAsUserID()
     item_id = ["item_id"] >> ops.Categorify(**cat) >> ops.TagAsItemID()
-    item_features = ITEM_FEATURES >> ops.Categorify(**cat) >> ops.TagAsItemFeatures()
-    user_features = USER_FEATURES >> ops.Categorify(**cat) >> ops.TagAsUserFeatures()
+    features = []
+    if contract.item_features:
+        features.append(list(contract.item_features) >> ops.Categorify(**cat) >> ops.TagAsItemFeatures())
+    if contract.user_features:
+        features.append(list(contract.user_features) >> ops.Categorify(**cat) >> ops.TagAsUserFeatures())
+    # Continuous features: float32, standardised with the training split's mean and deviation.
+    if contract.item_continuous:
+        features.append(list(contract.item_continuous) >> ops.LambdaOp(_as_float32) >> ops.Normalize()
+                        >> ops.TagAsItemFeatures())
+    if contract.user_continuous:
+        features.append(list(contract.user_continuous) >> ops.LambdaOp(_as_float32) >> ops.Normalize()
+                        >> ops.TagAsUserFeatures())
     user_id_raw = (
         ["user_id"] >> ops.Rename(postfix="_raw") >> ops.LambdaOp(_as_int64) >> ops.TagAsUserFeatures()
     )
@@ -65,13 +83,20 @@ def build_workflow(categories_dir: Path) -> Any:
         ["item_id"] >> ops.Rename(postfix="_raw") >> ops.LambdaOp(_as_int64) >> ops.TagAsItemFeatures()
     )
     targets = [TARGET] >> ops.AddMetadata(tags=[Tags.BINARY_CLASSIFICATION, "target"])
-    outputs = user_id + item_id + item_features + user_features + user_id_raw + item_id_raw + targets
+    outputs = user_id + item_id
+    for feature in features:
+        outputs = outputs + feature
+    outputs = outputs + user_id_raw + item_id_raw + targets
     return nvt.Workflow(outputs >> ops.Dropna())
 
 
 def _as_int64(column: Any) -> Any:
     # The notebook casts raw ids to int32; int64 keeps real-world ids (which exceed 2**31) intact.
     return column.astype("int64")
+
+
+def _as_float32(column: Any) -> Any:
+    return column.astype("float32")
 
 
 def _clicked_only(frame: Any) -> Any:
@@ -136,14 +161,16 @@ def in_daemonic_process() -> bool:
 
 @stage("transform")
 def transform(config: Config, paths: RunPaths) -> dict[str, Any]:
-    train_files = check_raw_parquet(require(paths.raw_train, "generate_data"))
-    valid_files = check_raw_parquet(require(paths.raw_valid, "generate_data"))
+    contract = input_contract(config.data)
+    train_files = check_raw_parquet(require(paths.raw_train, "generate_data"), contract)
+    valid_files = check_raw_parquet(require(paths.raw_valid, "generate_data"), contract)
     with dask_cluster(config.transform) as cluster:
-        summary = _transform(paths, train_files, valid_files, config.transform.part_size)
-    return {**summary, **cluster}
+        summary = _transform(paths, train_files, valid_files, config.transform.part_size, contract)
+    return {**summary, **cluster, "contract": contract.describe()}
 
 
-def _transform(paths: RunPaths, train_files: list[Path], valid_files: list[Path], part_size: str) -> dict[str, Any]:
+def _transform(paths: RunPaths, train_files: list[Path], valid_files: list[Path], part_size: str,
+               contract: InputContract) -> dict[str, Any]:
     import nvtabular as nvt
     from merlin.io import Dataset
     from nvtabular import ops
@@ -157,7 +184,8 @@ def _transform(paths: RunPaths, train_files: list[Path], valid_files: list[Path]
     # workers): memory follows the partition size, not the data size.
     raw_train = Dataset([str(f) for f in train_files], engine="parquet", part_size=part_size)
     raw_valid = Dataset([str(f) for f in valid_files], engine="parquet", part_size=part_size)
-    workflow = build_workflow(paths.categories)
+    # The workflow selects the contract's columns: anything else (timestamp, rating) stays out of the models.
+    workflow = build_workflow(paths.categories, contract)
     workflow.fit(raw_train)
     workflow.transform(raw_train).to_parquet(str(paths.train), out_files_per_proc=1)
     workflow.transform(raw_valid).to_parquet(str(paths.valid), out_files_per_proc=1)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..features.tables import ITEM_COLUMNS, USER_COLUMNS, read_processed
+from ..features.tables import read_processed
 from ..paths import RunPaths, require
 from ..runtime import InputDataError
 
@@ -103,8 +103,9 @@ def load_catalog(paths: RunPaths) -> Catalog:
     item_rows = _row_lookup(item_ids)[clicks["item_id"].to_numpy()]
     indptr, seen_items = seen_csr(user_rows, item_rows, len(user_ids))
     return Catalog(
-        user_features={c: users[c].to_numpy() for c in USER_COLUMNS},
-        item_features={c: items[c].to_numpy() for c in ITEM_COLUMNS},
+        # The tables' columns are the run's input contract (id, declared features, raw id).
+        user_features={c: users[c].to_numpy() for c in users.columns},
+        item_features={c: items[c].to_numpy() for c in items.columns},
         user_embeddings=user_embeddings,
         item_embeddings=item_embeddings,
         seen_indptr=indptr,

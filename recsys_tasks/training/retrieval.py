@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import Config, RetrievalConfig
-from ..features.tables import build_feature_tables
+from ..features.tables import build_feature_tables, table_columns
 from ..features.workflow import RAW_ID_COLUMNS, TARGET
 from ..paths import RunPaths, require
 from ..runtime import get_logger, parquet_rows, quiet_tensorflow, seed_everything, stage
@@ -144,7 +144,9 @@ def fit_retrieval(config: Config, paths: RunPaths) -> dict[str, Any]:
     log.info("two-tower loss per epoch: %s", losses)
 
     paths.fresh(paths.retrieval)
-    user_table, item_table = build_feature_tables(require(paths.train, "transform"))
+    user_columns, item_columns = table_columns(schema)  # the run's input contract, from the schema's tags
+    user_table, item_table = build_feature_tables(require(paths.train, "transform"), user_columns=user_columns,
+                                                  item_columns=item_columns)
     user_table.to_parquet(paths.user_features, index=False)
     item_table.to_parquet(paths.item_features, index=False)
 

@@ -1,0 +1,210 @@
+"""The importer and the declared input contract: your own interactions in, daily partitions out, bad input named."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recsys_tasks.cli import main as cli_main
+from recsys_tasks.config import Config, ConfigError
+from recsys_tasks.data.contract import ALICCP_CONTRACT, input_contract
+from recsys_tasks.data.importer import FeatureTable, ImportSpec, import_interactions
+from recsys_tasks.data.partitions import MANIFEST_NAME, MissingPartitionError
+from recsys_tasks.data.sources import generate_data
+from recsys_tasks.runtime import InputDataError
+
+DAY = 86_400
+START = int(datetime.datetime(2026, 3, 1, tzinfo=datetime.timezone.utc).timestamp())
+
+
+def _ratings(tmp_path, rows=None):
+    """RecBole-style atomic files: 3 users, 4 items, 6 days with day 3 (2026-03-04) empty."""
+    rows = rows or [
+        (1, 10, 5, START + 3600), (2, 10, 2, START + 2 * 3600), (1, 11, 4, START + DAY + 60),
+        (3, 12, 3, START + 2 * DAY + 5), (2, 13, 4, START + 4 * DAY + 7), (3, 10, 1, START + 5 * DAY + 9),
+    ]
+    inter = tmp_path / "r.inter"
+    lines = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
+    lines += [f"{u}\t{i}\t{r}\t{t}" for u, i, r, t in rows]
+    inter.write_text("\n".join(lines) + "\n")
+    users = tmp_path / "r.user"
+    users.write_text("user_id:token\tage:token\tgender:token\tzip:token\n1\t24\tM\t1\n2\t53\tF\t2\n3\t24\tF\t3\n")
+    items = tmp_path / "r.item"
+    items.write_text("item_id:token\tclass:token_seq\tyear:token\n10\tA B\t1995\n11\tA\t1994\n12\tC\t1995\n"
+                     "13\tB C\t1990\n")
+    return inter, users, items
+
+
+def _spec(tmp_path, inter, users=None, items=None, **kwargs):
+    options = dict(user_col="user_id:token", item_col="item_id:token", time_col="timestamp:float",
+                   rating_col="rating:float", rating_threshold=4.0)
+    options.update(kwargs)
+    user_table = FeatureTable(users, "user_id:token", {"age:token": "age", "gender:token": "gender"}) if users else None
+    item_table = FeatureTable(items, "item_id:token", {"year:token": "year"}) if items else None
+    return ImportSpec(interactions=inter, root=tmp_path / "parts", users=user_table, items=item_table, **options)
+
+
+def test_ratings_become_daily_partitions_with_empty_days_and_manifests(tmp_path):
+    inter, users, items = _ratings(tmp_path)
+    summary = import_interactions(_spec(tmp_path, inter, users, items))
+    assert summary["first_day"] == "2026-03-01" and summary["last_day"] == "2026-03-06"
+    assert summary["days"] == 6 and summary["empty_days"] == ["2026-03-04"]
+    assert summary["rows"] == 6 and summary["clicks"] == 3  # ratings 5, 4, 4 reach the threshold
+    assert summary["settings"]["data.user_features"] == "age,gender"
+    empty = tmp_path / "parts" / "dt=2026-03-04"
+    assert json.loads((empty / MANIFEST_NAME).read_text())["rows"] == 0
+    assert len(pd.read_parquet(empty / "part-0.parquet")) == 0
+    first = pd.read_parquet(tmp_path / "parts" / "dt=2026-03-01" / "part-0.parquet")
+    assert first["user_id"].tolist() == [1, 2] and first["click"].tolist() == [1, 0]
+    assert first["rating"].tolist() == [5.0, 2.0] and first["timestamp"].tolist() == [START + 3600, START + 7200]
+    # Integers stay themselves; text categories get one code per distinct value (F=0, M=1).
+    assert first["age"].tolist() == [24, 53] and first["gender"].tolist() == [1, 0]
+    assert first["year"].tolist() == [1995, 1995]
+
+
+def test_the_time_zone_defines_the_day(tmp_path):
+    inter, _, _ = _ratings(tmp_path)
+    summary = import_interactions(_spec(tmp_path, inter, timezone="America/New_York"))
+    # 01:00 and 02:00 UTC on March 1st are still February 28th in New York.
+    assert summary["first_day"] == "2026-02-28"
+    day = pd.read_parquet(tmp_path / "parts" / "dt=2026-02-28" / "part-0.parquet")
+    assert day["item_id"].tolist() == [10, 10]
+
+
+@pytest.mark.parametrize(
+    "rows, options, message",
+    [
+        ([(1, 10, "five", START)], {}, r"r.inter: column 'rating:float' holds 'five' at row 0; expected a number"),
+        ([(1, -3, 4, START)], {}, r"column 'item_id:token' holds '-3' at row 0; expected a non-negative integer id"),
+        ([(1, 10, 4, "yesterday")], {}, r"column 'timestamp:float' holds 'yesterday' at row 0"),
+        ([(1, 10, 2, START)], {"rating_col": "", "label_col": "rating:float", "rating_threshold": None},
+         r"column 'rating:float' holds '2' at row 0; expected 0 or 1"),
+        ([(1, 10, 4, START)], {"user_col": "uid"}, r"r.inter: no column 'uid' \(user id\); the file has"),
+        ([(9, 10, 4, START)], {"users": True}, r"r.inter: user_id 9 has no row in .*r.user \(column 'user_id:token'\)"),
+    ],
+)
+def test_bad_input_names_file_column_and_value(tmp_path, rows, options, message):
+    inter, users, _ = _ratings(tmp_path, rows)
+    table = users if options.pop("users", False) else None
+    with pytest.raises(InputDataError, match=message):
+        import_interactions(_spec(tmp_path, inter, table, **options))
+    assert not (tmp_path / "parts").exists()
+
+
+def test_bad_settings_are_config_errors(tmp_path):
+    inter, _, _ = _ratings(tmp_path)
+    with pytest.raises(ConfigError, match="not an IANA time zone"):
+        import_interactions(_spec(tmp_path, inter, timezone="Mars/Olympus"))
+    with pytest.raises(ConfigError, match="--start must be a day written YYYY-MM-DD, got '1/3/2026'"):
+        import_interactions(_spec(tmp_path, inter, start="1/3/2026"))
+    with pytest.raises(ConfigError, match="needs --rating-threshold"):
+        import_interactions(_spec(tmp_path, inter, rating_threshold=None))
+
+
+def test_cli_imports_and_reports_bad_input_in_one_line(tmp_path, capsys):
+    inter, users, _ = _ratings(tmp_path)
+    argv = ["import-interactions", str(inter), "--root", str(tmp_path / "parts"), "--user-col", "user_id:token",
+            "--item-col", "item_id:token", "--time-col", "timestamp:float", "--rating-col", "rating:float",
+            "--rating-threshold", "4", "--users", str(users), "--user-key", "user_id:token",
+            "--user-features", "gender:token=gender"]
+    assert cli_main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["days"] == 6
+    inter.write_text(inter.read_text().replace("\t5\t", "\tbad\t"))
+    assert cli_main(argv) == 1
+    assert "input error:" in capsys.readouterr().err
+
+
+def _config(tmp_path, end_date, window_days=6, **more):
+    return Config().with_overrides({
+        "data.source": "parquet", "data.partition_root": str(tmp_path / "parts"), "data.end_date": end_date,
+        "data.window_days": window_days, "data.valid_days": 1, **more})
+
+
+def test_parquet_source_reads_imported_days_counting_empty_ones(tmp_path):
+    inter, users, items = _ratings(tmp_path)
+    import_interactions(_spec(tmp_path, inter, users, items))
+    config = _config(tmp_path, "2026-03-06", **{"data.user_features": "age,gender", "data.item_features": "year"})
+    summary = generate_data(config, tmp_path / "run")
+    assert summary["window"]["empty_days"] == ["2026-03-04"]
+    assert summary["window"]["rows_per_day"]["2026-03-04"] == 0
+    assert summary["splits"]["train"]["rows"] == 5 and summary["splits"]["valid"]["rows"] == 1
+    assert summary["contract"] == {"user_features": ["age", "gender"], "item_features": ["year"]}
+    copied = pd.read_parquet(tmp_path / "run" / "raw" / "train")
+    assert {"user_id", "item_id", "click", "age", "gender", "year"} == set(copied.columns)  # the contract's only
+    assert copied["item_id"].tolist() == [10, 10, 11, 12, 13]  # day by day, in time order
+    # Four non-empty training days become one raw part (NVTabular pays per part), or parts of <= part_rows.
+    assert summary["splits"]["train"]["parts"] == 1 and summary["splits"]["train"]["files"] == 4
+    small = generate_data(config.with_overrides({"data.part_rows": 2}), tmp_path / "run5")
+    assert small["splits"]["train"]["parts"] == 3  # days of 2, 1, 1, 1 rows: [2], [1, 1], [1]
+    parts = sorted((tmp_path / "run5" / "raw" / "train").glob("*.parquet"))
+    assert [len(pd.read_parquet(f)) for f in parts] == [2, 2, 1]
+
+    # Ids only: no feature column is required (the Ali-CCP default would want 14 of them).
+    ids_only = generate_data(_config(tmp_path, "2026-03-06", **{"data.user_features": "",
+                                                                 "data.item_features": ""}), tmp_path / "run2")
+    assert ids_only["splits"]["valid"]["rows"] == 1
+    with pytest.raises(InputDataError, match=r"missing column\(s\) \['item_category'"):
+        generate_data(_config(tmp_path, "2026-03-06"), tmp_path / "run3")
+    with pytest.raises(InputDataError, match=r"missing column\(s\) \['occupation'\]; expected the declared"):
+        generate_data(_config(tmp_path, "2026-03-06", **{"data.user_features": "occupation",
+                                                         "data.item_features": ""}), tmp_path / "run4")
+
+
+def test_missing_day_empty_split_and_changed_partition_are_errors(tmp_path):
+    inter, _, _ = _ratings(tmp_path)
+    import_interactions(_spec(tmp_path, inter))
+    ids_only = {"data.user_features": "", "data.item_features": ""}
+    with pytest.raises(MissingPartitionError, match=r"dt=2026-02-28 \(no such directory\)"):
+        generate_data(_config(tmp_path, "2026-03-06", window_days=7, **ids_only), tmp_path / "run")
+    with pytest.raises(InputDataError, match=r"every valid day of the window \(2026-03-04..2026-03-04\) is empty"):
+        generate_data(_config(tmp_path, "2026-03-04", window_days=3, **ids_only), tmp_path / "run")
+    day = tmp_path / "parts" / "dt=2026-03-02" / "part-0.parquet"
+    pd.read_parquet(day).iloc[:0].to_parquet(day, index=False)
+    with pytest.raises(InputDataError, match=r"dt=2026-03-02: the parquet files hold 0 rows but .* says 1"):
+        generate_data(_config(tmp_path, "2026-03-06", **ids_only), tmp_path / "run")
+
+
+def test_contract_declarations(tmp_path):
+    assert input_contract(Config().data) == ALICCP_CONTRACT
+    assert len(ALICCP_CONTRACT.raw_columns) == 17
+    declared = input_contract(Config().with_overrides({"data.user_features": " age, gender",
+                                                       "data.item_features": ""}).data)
+    assert declared.raw_columns == {"user_id": "i", "item_id": "i", "age": "i", "gender": "i", "click": "i"}
+    for value, message in (("click", "reserved"), ("a b", "not a column name"), ("a,a", "declared twice")):
+        with pytest.raises(ConfigError, match=message):
+            input_contract(Config().with_overrides({"data.user_features": value}).data)
+    mixed = input_contract(Config().with_overrides({"data.user_features": "age:continuous,gender:categorical",
+                                                    "data.item_features": "year:continuous"}).data)
+    assert mixed.user_features == ("gender",) and mixed.user_continuous == ("age",)
+    assert mixed.raw_columns == {"user_id": "i", "item_id": "i", "gender": "i", "click": "i", "age": "f", "year": "f"}
+    with pytest.raises(ConfigError, match="declares the kind 'weird'; known kinds: categorical, continuous"):
+        input_contract(Config().with_overrides({"data.user_features": "age:weird"}).data)
+    with pytest.raises(ConfigError, match="planted generates Ali-CCP columns"):
+        generate_data(Config().with_overrides({"data.user_features": "age"}), tmp_path / "run")
+    assert not (tmp_path / "run" / "raw").exists()
+
+
+def test_continuous_features_are_imported_as_numbers_and_checked(tmp_path):
+    inter, users, items = _ratings(tmp_path)
+    spec = _spec(tmp_path, inter, users, items)
+    spec = dataclasses.replace(spec, users=FeatureTable(users, "user_id:token", {"age:token": "age:continuous",
+                                                                                "gender:token": "gender"}))
+    summary = import_interactions(spec)
+    assert summary["settings"]["data.user_features"] == "age:continuous,gender"
+    first = pd.read_parquet(tmp_path / "parts" / "dt=2026-03-01" / "part-0.parquet")
+    assert first["age"].dtype == np.float64 and first["age"].tolist() == [24.0, 53.0]
+    config = _config(tmp_path, "2026-03-06", **{"data.user_features": "age:continuous,gender",
+                                                "data.item_features": "year"})
+    assert generate_data(config, tmp_path / "run")["contract"]["user_continuous"] == ["age"]
+    day = tmp_path / "parts" / "dt=2026-03-02" / "part-0.parquet"
+    pd.read_parquet(day).assign(age=np.inf).to_parquet(day, index=False)
+    with pytest.raises(InputDataError, match=r"dt=2026-03-02/part-0.parquet: column 'age' holds inf \(row 0\)"):
+        generate_data(config, tmp_path / "run")
+    users.write_text(users.read_text().replace("\t53\t", "\tfifty\t"))
+    with pytest.raises(InputDataError, match=r"r.user: column 'age:token' holds 'fifty' at row 1; expected a number"):
+        import_interactions(spec)
