@@ -82,7 +82,7 @@ def run_stage(name: str, context: Any) -> dict[str, Any]:
     """Run one pipeline stage for this task instance and return its summary (the XCom)."""
     import logging
 
-    from recsys_tasks.cli import run_stage as run
+    from recsys_tasks.stages import run_stage as run
 
     logging.getLogger("recsys_tasks").setLevel(logging.INFO)
     config = task_config(context)

@@ -24,44 +24,9 @@ from typing import Any
 
 from . import STAGES
 from .config import Config, ConfigError, load_config
+from .stages import run_stage
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-def stage_functions() -> dict[str, Any]:
-    from .data.sources import generate_data
-    from .evaluation.evaluate import evaluate
-    from .features.workflow import transform
-    from .scoring.stage import score
-    from .training.ranking import fit_ranking
-    from .training.retrieval import fit_retrieval
-
-    return {
-        "generate_data": generate_data,
-        "transform": transform,
-        "fit_retrieval": fit_retrieval,
-        "fit_ranking": fit_ranking,
-        "score": score,
-        "evaluate": evaluate,
-    }
-
-
-def run_stage(name: str, config: Config, run_dir: Path, *, redis_client: Any = None, run_id: str = "manual",
-              logical_date: str = "") -> dict[str, Any]:
-    if name == "load_redis":
-        from .paths import RunPaths
-        from .runtime import cpu_seconds, load_average, memory_usage, reset_peak_rss, write_summary
-        from .store import load_redis
-
-        if redis_client is None:
-            raise ValueError("the load_redis stage needs a Redis client")
-        reset_ok, cpu_at_start = reset_peak_rss(), cpu_seconds()
-        summary = load_redis(config, run_dir, redis_client, run_id=run_id, logical_date=logical_date)
-        # The other stages record this in their @stage wrapper; the load's summary gets it here.
-        resources = {**memory_usage(reset_ok, None), "cpu_seconds": round(cpu_seconds() - cpu_at_start, 2),
-                     "loadavg": load_average()}
-        return write_summary(RunPaths(Path(run_dir)), name, {**summary, "resources": resources})
-    return stage_functions()[name](config, run_dir)
 
 
 def _parse_sets(pairs: Sequence[str]) -> dict[str, str]:

@@ -136,8 +136,8 @@ def tiny_config(tmp_path_factory):
 @pytest.fixture(scope="session")
 def pipeline_run(tiny_config):
     """Stages 1-5 run once for real (NVTabular, TensorFlow); tests read the run directory."""
-    from recsys_tasks.cli import run_stage
     from recsys_tasks.paths import RunPaths, run_dir_for
+    from recsys_tasks.stages import run_stage
 
     run_dir = run_dir_for(tiny_config.artifact_root, "tests", "session_run")
     summaries = {}

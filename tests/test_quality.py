@@ -117,7 +117,7 @@ def test_gate_checks_each_failure_with_its_numbers():
 
 @pytest.fixture(scope="session")
 def evaluated_run(pipeline_run):
-    from recsys_tasks.cli import run_stage
+    from recsys_tasks.stages import run_stage
 
     config, paths, summaries = pipeline_run
     summary = run_stage("evaluate", config, paths.root)
@@ -179,7 +179,7 @@ def redis_snapshot(client):
 @pytest.fixture(scope="session")
 def broken_run(evaluated_run, tmp_path_factory):
     """A copy of the tiny run whose item embeddings are shuffled across items, rescored and re-evaluated."""
-    from recsys_tasks.cli import run_stage
+    from recsys_tasks.stages import run_stage
 
     config, paths, _ = evaluated_run
     root = tmp_path_factory.mktemp("broken") / "run"
@@ -193,7 +193,7 @@ def broken_run(evaluated_run, tmp_path_factory):
 
 
 def test_good_run_passes_the_gate_and_publishes_the_fallback(evaluated_run, redis_client):
-    from recsys_tasks.cli import run_stage
+    from recsys_tasks.stages import run_stage
     from recsys_tasks.store import fetch
 
     config, paths, report = evaluated_run
@@ -215,7 +215,7 @@ def test_good_run_passes_the_gate_and_publishes_the_fallback(evaluated_run, redi
 
 
 def test_broken_model_is_refused_and_redis_is_untouched(evaluated_run, broken_run, redis_client):
-    from recsys_tasks.cli import run_stage
+    from recsys_tasks.stages import run_stage
 
     config, paths, _ = evaluated_run
     run_stage("load_redis", config, paths.root, redis_client=redis_client, run_id="good")
@@ -229,7 +229,7 @@ def test_broken_model_is_refused_and_redis_is_untouched(evaluated_run, broken_ru
 
 
 def test_force_publish_overrides_the_gate_loudly(broken_run, redis_client, caplog):
-    from recsys_tasks.cli import run_stage
+    from recsys_tasks.stages import run_stage
     from recsys_tasks.store import read_manifest
 
     config, root, _ = broken_run
@@ -246,7 +246,7 @@ def test_force_publish_overrides_the_gate_loudly(broken_run, redis_client, caplo
 
 
 def test_stale_report_is_refused(evaluated_run, tmp_path, redis_client):
-    from recsys_tasks.cli import run_stage
+    from recsys_tasks.stages import run_stage
 
     config, paths, _ = evaluated_run
     root = tmp_path / "run"

@@ -76,8 +76,8 @@ def pipeline_config(imported: dict[str, Any], split: TimeSplit, work: Path, over
 def run_pipeline(config: Any, run_dir: Path, eval_users: np.ndarray) -> dict[str, Any]:
     """Every stage, the load into a throwaway local Redis, then each user's document read back (JSON.GET,
     the fallback for users without one, as :func:`recsys_tasks.store.fetch` serves applications)."""
-    from ...cli import run_stage
     from ...ops.local_redis import LocalRedis, free_port
+    from ...stages import run_stage
     from ...store import fetch
 
     seconds = {}
