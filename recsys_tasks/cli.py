@@ -23,20 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from . import STAGES
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, load_config, parse_set_pairs
 from .stages import run_stage
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-def _parse_sets(pairs: Sequence[str]) -> dict[str, str]:
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
-        overrides[key.strip()] = value.strip()
-    return overrides
 
 
 def _redis(url: str) -> Any:
@@ -108,7 +98,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    overrides = _parse_sets(args.set)
+    overrides = parse_set_pairs(args.set)
     if args.force:
         overrides["store.force"] = "true"
     config = load_config(args.config, overrides=overrides)

@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import os
     import sys
 
-    from ...cli import _parse_sets
+    from ...config import parse_set_pairs
     from .report import write_report
 
     parser = argparse.ArgumentParser(prog="python -m recsys_tasks bench-quality", description=__doc__)
@@ -209,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="pipeline config override, e.g. --set retrieval.epochs=2 (repeatable)")
     args = parser.parse_args(argv)
     args.out = args.out.resolve()  # redis-server changes directory before opening its files
-    args.overrides = _parse_sets(args.set)
+    args.overrides = parse_set_pairs(args.set)
     args.top_n, args.cutoffs = 20, [10, 20]
     args.command_line = "python -m recsys_tasks bench-quality " + " ".join(sys.argv[2:] if argv is None else argv)
     args.loadavg_start = list(os.getloadavg())
