@@ -41,6 +41,7 @@ from ..config import Config
 from ..paths import RunPaths, recommendation_files, require
 from ..runtime import InputDataError, get_logger, quiet_tensorflow, read_summary, stage
 from .lists import flat_lists, list_quality, published_list_metrics, read_lists
+from .live import save_sample
 from .metrics import (  # noqa: F401  (re-exported: the metric functions' historical home)
     Relevant,
     RowLookup,
@@ -307,10 +308,14 @@ def evaluate(config: Config, paths: RunPaths) -> dict[str, Any]:
     # Every published list's shape; the sampled users' lists against retrieval order alone.
     lists = read_lists(paths)
     quality, list_rows = list_quality(lists, catalog, users, items, seen, top_n)
-    quality.update(published_list_metrics(list_rows, relevant, ranked["model"], catalog.num_users, top_n))
-
     # The popularity list published for unknown users.
     popular_rows = np.argsort(-popularity, kind="stable")[:top_n]
+    references = {"retrieval_order": ranked["model"], "popularity": ranked["popularity"]}
+    published, published_per_user = published_list_metrics(list_rows, relevant, references, popular_rows,
+                                                            catalog.num_users, top_n)
+    quality.update(published)
+    save_sample(paths, relevant, catalog.user_features["user_id_raw"], catalog.item_features["item_id_raw"],
+                published_per_user, top_n)
     fallback = {
         "recommendations": [int(x) for x in catalog.item_features["item_id_raw"][popular_rows]],
         "scores": [round(float(popularity[r]) / max(float(popularity.sum()), 1e-12), 6) for r in popular_rows],
@@ -329,6 +334,7 @@ def evaluate(config: Config, paths: RunPaths) -> dict[str, Any]:
             "users_scored": summaries.get("score", {}).get("users"),
             "items": int(catalog.num_items),
         },
+        "blend": summaries.get("score", {}).get("blend"),
         "recommendations_sha256": recommendations_fingerprint(paths.recommendations),
         "fallback_list": str(paths.fallback_list),
         "data_window": summaries.get("generate_data", {}).get("window"),

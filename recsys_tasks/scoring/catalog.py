@@ -37,6 +37,11 @@ class Catalog:
         return len(self.item_embeddings)
 
     @cached_property
+    def popularity_prior(self) -> np.ndarray:
+        """``log(1 + distinct users who clicked the item in training)`` per item row (the blend's prior)."""
+        return np.log1p(np.bincount(self.seen_items, minlength=self.num_items).astype(np.float64))
+
+    @cached_property
     def packed_items(self) -> np.ndarray:
         """Item embeddings in the CPU retrieval kernel's tiled layout (built once per catalog)."""
         from .kernels.topk import pack_items
