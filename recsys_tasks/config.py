@@ -184,6 +184,11 @@ class ScoringConfig:
     factored_ranking: bool = True
     """Rank with the DLRM split into per-user, per-item and cross parts (:mod:`recsys_tasks.scoring.ranker`;
     same scores up to float rounding); ``false``, or a model of another shape, runs the whole model per pair."""
+    exclude: str = "clicked"
+    """Items a user's list may not hold, in scoring, evaluation and the popularity baseline alike: ``clicked``
+    (their training clicks: the default, for impression logs, where an item shown and not clicked may
+    still be clicked later) or ``interacted`` (every item they were shown in training: use it for
+    rating-derived data, where every rating is an impression and a rated movie is not recommended again)."""
     blend: str = "fit"
     """Final order of each user's K candidates (:mod:`recsys_tasks.scoring.blend`): ``fit`` (default) picks, on a
     sample of validation users, the best by recall@N of the retrieval order, the DLRM order and blends of the
@@ -486,6 +491,8 @@ def _validate(config: Config) -> None:
         (config.scoring.blend in ("fit", "retrieval", "dlrm"),
          f"scoring.blend must be fit, retrieval or dlrm; got {config.scoring.blend!r}"),
         (config.scoring.blend_sample_users >= 0, "scoring.blend_sample_users must be >= 0"),
+        (config.scoring.exclude in ("clicked", "interacted"),
+         f"scoring.exclude must be clicked or interacted; got {config.scoring.exclude!r}"),
         (config.scoring.hnsw_ef_construction >= 1, "scoring.hnsw_ef_construction must be >= 1"),
         (config.scoring.hnsw_ef_search >= 1, "scoring.hnsw_ef_search must be >= 1"),
         (

@@ -88,7 +88,8 @@ def published_list_metrics(list_rows: dict[str, Any], relevant: Relevant, refere
     applications show a user without a document) when they have none. ``references`` maps a name
     (``retrieval_order``, ``popularity``, ``live``) to item rows ``[eval users, >= N]`` ranked for the same users.
     The paired difference ``published - reference`` is averaged over the same users, with its 95% interval.
-    Also returns the published lists' per-user recall and ndcg (for the gate's comparison with live lists).
+    Also returns the published lists' per-user recall and ndcg (for the gate's comparison with live lists)
+    and, under ``"rows"``, the published item rows of each evaluated user.
     """
     position = np.full(num_users, -1, dtype=np.int64)
     known = list_rows["user_rows"] >= 0
@@ -124,7 +125,7 @@ def published_list_metrics(list_rows: dict[str, Any], relevant: Relevant, refere
             mean, interval = mean_ci95(per_user["published"][metric][2] - figures[metric][2])
             differences[f"{metric}_at_n"] = {"mean": mean, "ci95": interval}
         out["paired_difference"][name] = differences
-    return out, {metric: per_user["published"][metric][2] for metric in ("recall", "ndcg")}
+    return out, {**{metric: per_user["published"][metric][2] for metric in ("recall", "ndcg")}, "rows": published}
 
 
 def _per_user(rows: np.ndarray, relevant: Relevant, top_n: int) -> dict[str, tuple[float, list[float], np.ndarray]]:

@@ -191,6 +191,7 @@ def markdown(report: dict[str, Any], *, plots: bool = True) -> str:
         "",
         *_published_table(lists),
         *_blend_lines(report.get("blend")),
+        *_counterfactual_table(report.get("counterfactual")),
         f"- {lists['users_with_list']} lists for {lists['catalog_users']} known users "
         f"(coverage {lists['user_coverage']:.4f}), full lists {lists['full_list_share']:.4f}",
         f"- catalog coverage {lists['catalog_coverage']:.4f}, Gini of item exposure {lists['exposure_gini']:.4f}",
@@ -230,6 +231,22 @@ def _published_table(lists: dict[str, Any]) -> list[str]:
         lines.append(f"| {name.replace('_', ' ')} | {lists[f'{name}_recall_at_n']:.4f}"
                      f"{_interval(lists.get(f'{name}_recall_at_n_ci95'))} | {lists[f'{name}_ndcg_at_n']:.4f}"
                      f"{_interval(lists.get(f'{name}_ndcg_at_n_ci95'))} | {cell} |")
+    return [*lines, ""]
+
+
+def _counterfactual_table(counterfactual: dict[str, Any] | None) -> list[str]:
+    if not counterfactual:
+        return []
+    names = [n for n in ("published", "retrieval_order", "popularity", "oracle", "click_oracle") if n in counterfactual]
+    lines = ["", f"Counterfactual, under the planted truth ({counterfactual['users']} evaluated users; "
+             f"{counterfactual['metric']}; `oracle` ranks by P(shown) x P(click | shown) as logged recall rewards, "
+             "`click oracle` by P(click | shown)):", "",
+             "| lists | expected clicks per list | catalogue coverage | exposure Gini |", "|---|---|---|---|"]
+    for name in names:
+        row = counterfactual[name]
+        lines.append(f"| {name.replace('_', ' ')} | {row['expected_clicks']:.4f}"
+                     f"{_interval(row['expected_clicks_ci95'])} | {row['catalog_coverage']:.4f} | "
+                     f"{row['exposure_gini']:.4f} |")
     return [*lines, ""]
 
 

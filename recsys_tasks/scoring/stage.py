@@ -72,6 +72,9 @@ def score_chunk(
     order = np.argsort(-ranked, axis=1, kind="stable")[:, :top_n]
     best_rows = np.take_along_axis(candidate_rows, order, axis=1)
     best_scores = np.take_along_axis(ranked, order, axis=1)
+    if blend is not None:
+        # Into (0, 1), order kept: one range for every published score (and the store's fast float path).
+        best_scores = (1.0 / (1.0 + np.exp(-best_scores.astype(np.float64)))).astype(np.float32)
     item_raw = catalog.item_features["item_id_raw"]
     if (best_rows >= 0).all():
         # The usual case: whole lists, converted in one C call instead of one per user.
@@ -227,7 +230,7 @@ def _load_inputs(paths: RunPaths, settings: Any) -> tuple[Catalog, Any]:
     # The model first: restoring a SavedModel briefly takes ~1 GB more than the loaded model holds, so
     # doing it before the catalog exists keeps a million users' tables out of the stage's peak memory.
     model = load_dlrm(require(paths.dlrm, "fit_ranking"))
-    catalog = load_catalog(paths)
+    catalog = load_catalog(paths, settings.exclude)
     if catalog.num_items < settings.top_n:
         raise InputDataError(
             f"{paths.item_features}: the catalog has {catalog.num_items} items, fewer than "
@@ -302,8 +305,8 @@ def collect_parts(config: Config, paths: RunPaths) -> dict[str, Any]:
         "generated_at": max(s["generated_at"] for s in shards),
         "recommendations": str(paths.recommendations),
         "blend": plan.get("blend"),
-        "scores": "the blend's score (a ranking score: higher is better within a list, no absolute scale)"
-        if plan.get("blend") else "DLRM click probability",
+        "scores": "sigmoid of the blend's score: a ranking score in (0, 1), higher first, comparable within a "
+        "list only (not a click probability)" if plan.get("blend") else "DLRM click probability",
     }
 
 
