@@ -85,7 +85,7 @@ def test_query_tower_reloads_and_reproduces_user_embeddings(pipeline_run):
 def test_fit_ranking_reports_auc_and_exports(pipeline_run):
     _, paths, summaries = pipeline_run
     metrics = summaries["fit_ranking"]["metrics"]
-    assert 0.0 <= metrics["auc"] <= 1.0
+    assert 0.0 <= metrics["keras_auc_all_validation_rows"] <= 1.0
     assert metrics["loss"] > 0
     assert (paths.dlrm / "saved_model.pb").exists()
     assert "user_id_raw" not in summaries["fit_ranking"]["input_features"]
@@ -139,7 +139,8 @@ def test_score_matches_a_per_user_reference(pipeline_run):
             model({c: tf.constant(v.reshape(-1, 1)) for c, v in inputs.items()}, training=False)
         ).reshape(-1)
         prior = np.log1p(frame["item_id_raw"].map(clickers).fillna(0).to_numpy())
-        scores = blend.combine(affinity[candidates][None, :], probabilities[None, :], prior[None, :])[0]
+        blended = blend.combine(affinity[candidates][None, :], probabilities[None, :], prior[None, :])[0]
+        scores = 1.0 / (1.0 + np.exp(-blended.astype(np.float64)))  # what scoring writes: sigmoid, order kept
         expected = frame["item_id_raw"].to_numpy()[np.argsort(-scores, kind="stable")[:n]]
         got = np.asarray(recs.loc[raw_uid, "recommendations"])
         # Same candidates and same order, up to float ties between near-equal scores.
@@ -165,3 +166,24 @@ def test_scoring_does_not_depend_on_chunk_size(pipeline_run, chunk_size):
     got = [r for chunk in results for r in chunk["recommendations"]]
     stored = pq.read_table(paths.recommendations).to_pandas()["recommendations"].head(count)
     assert got == [list(r) for r in stored]
+
+
+def test_exclude_interacted_keeps_every_training_impression_out_of_the_lists(pipeline_run):
+    from recsys_tasks.scoring.candidates import retrieve
+    from recsys_tasks.scoring.catalog import load_catalog
+
+    config, paths, _ = pipeline_run
+    clicked, interacted = load_catalog(paths, "clicked"), load_catalog(paths, "interacted")
+    raw = pd.read_parquet(paths.raw_train)
+    users = {int(u): r for r, u in enumerate(interacted.user_features["user_id_raw"])}
+    items = {int(i): r for r, i in enumerate(interacted.item_features["item_id_raw"])}
+    shown = {(users[u], items[i]) for u, i in zip(raw["user_id"], raw["item_id"]) if u in users and i in items}
+    pairs = {(u, int(i)) for u in range(interacted.num_users)
+             for i in interacted.seen_items[interacted.seen_indptr[u]:interacted.seen_indptr[u + 1]]}
+    assert pairs == shown and len(interacted.seen_items) > len(clicked.seen_items)
+    # The popularity prior still counts clicks, whatever is excluded.
+    np.testing.assert_array_equal(interacted.popularity_prior, clicked.popularity_prior)
+    rows, _ = retrieve(interacted, np.arange(interacted.num_users), config.scoring.top_k, "tiled")
+    assert not any((u, int(i)) in shown for u, row in enumerate(rows) for i in row if i >= 0)
+    with pytest.raises(ValueError, match="unknown exclusion policy 'rated'"):
+        load_catalog(paths, "rated")
