@@ -54,7 +54,7 @@ def test_fit_retrieval_exports(pipeline_run):
     summary = summaries["fit_retrieval"]
     for name, value in summary["metrics"].items():
         assert 0.0 <= value <= 1.0, name
-    assert set(summary["metrics"]) == {"recall_at_10", "ndcg_at_10"}
+    assert set(summary["metrics"]) == {"tower_recall_at_10_per_click_unmasked", "tower_ndcg_at_10_per_click_unmasked"}
     users = pd.read_parquet(paths.user_features)
     items = pd.read_parquet(paths.item_features)
     user_emb = pd.read_parquet(paths.user_embeddings)

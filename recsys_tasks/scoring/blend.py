@@ -143,6 +143,14 @@ def choose(candidates: list[Blend], retrieval: np.ndarray, dlrm_probability: np.
     return candidates[best], table, check
 
 
+def fixed_blend(name: str) -> dict[str, Any]:
+    """The plan's ``blend`` entry for ``scoring.blend=retrieval`` or ``dlrm`` (no fit)."""
+    chosen = {"retrieval": RETRIEVAL_ORDER, "dlrm": DLRM_ORDER}.get(name)
+    if chosen is None:
+        raise ValueError(f"scoring.blend={name!r} is not a fixed order (retrieval or dlrm)")
+    return {"chosen": chosen.to_json(), "reason": f"scoring.blend={name} (no fit)", "candidates": []}
+
+
 def fit_blend(catalog: Any, ranker: Any, valid_dir: Path, settings: Any, kernel: str) -> dict[str, Any]:
     """Fit the blend on a seeded sample of validation users; the plan's ``blend`` entry.
 
@@ -153,10 +161,6 @@ def fit_blend(catalog: Any, ranker: Any, valid_dir: Path, settings: Any, kernel:
     from ..evaluation.metrics import RowLookup, hits_csr, relevant_items
     from .candidates import retrieve
 
-    if settings.blend == "retrieval":
-        return {"chosen": RETRIEVAL_ORDER.to_json(), "reason": "scoring.blend=retrieval", "candidates": []}
-    if settings.blend == "dlrm":
-        return {"chosen": DLRM_ORDER.to_json(), "reason": "scoring.blend=dlrm", "candidates": []}
     users = RowLookup(catalog.user_features["user_id_raw"])
     items = RowLookup(catalog.item_features["item_id_raw"])
     valid, sample = read_sampled_validation(valid_dir, users, items, settings.blend_sample_users,

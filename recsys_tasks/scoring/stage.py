@@ -37,7 +37,7 @@ from ..runtime import (
     write_json,
     write_summary,
 )
-from .blend import Blend, fit_blend
+from .blend import Blend, fit_blend, fixed_blend
 from .candidates import attach_index, retrieval_kernel, retrieve
 from .catalog import Catalog, embedding_matrix, load_catalog
 from .ranker import make_ranker, pair_features, rank_pairs
@@ -153,11 +153,14 @@ def plan_shards(config: Config, run_dir: str | Path, inputs: tuple[Catalog, Any]
         write_index(index, paths.ann_index(kernel))
         plan["ann_index"] = str(paths.ann_index(kernel))
     plan["retrieval_kernel"] = kernel
-    catalog, model = inputs if inputs is not None else _load_inputs(paths, config.scoring)
-    if kernel in ("ivf", "hnsw") and catalog.ann_index is None:
-        attach_index(catalog, kind=kernel, settings=config.scoring, path=paths.ann_index(kernel))
-    ranker = make_ranker(model, catalog, config.scoring.rank_batch_rows, config.scoring.factored_ranking)
-    plan["blend"] = fit_blend(catalog, ranker, require(paths.valid, "transform"), config.scoring, kernel)
+    if config.scoring.blend == "fit":
+        catalog, model = inputs if inputs is not None else _load_inputs(paths, config.scoring)
+        if kernel in ("ivf", "hnsw") and catalog.ann_index is None:
+            attach_index(catalog, kind=kernel, settings=config.scoring, path=paths.ann_index(kernel))
+        ranker = make_ranker(model, catalog, config.scoring.rank_batch_rows, config.scoring.factored_ranking)
+        plan["blend"] = fit_blend(catalog, ranker, require(paths.valid, "transform"), config.scoring, kernel)
+    else:
+        plan["blend"] = fixed_blend(config.scoring.blend)
     write_json(paths.scoring_plan, plan)
     log.info("scoring plan: %d users in %d shard(s)", users, num_shards)
     return plan
