@@ -68,3 +68,32 @@ def test_published_lists_are_compared_on_the_same_users_with_the_fallback_for_th
     # ndcg: user 0 hit at rank 1 (1.0) vs rank 2 in retrieval order (1/log2(3)).
     assert out["paired_difference"]["retrieval_order"]["ndcg_at_n"]["mean"] == pytest.approx(
         (1.0 - 1 / np.log2(3) + 0.0 - 1.0 + 1.0) / 3)
+
+
+def test_live_lists_are_judged_on_this_runs_users_with_the_fallback_for_users_without_a_document(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recsys_tasks.evaluation.live import compare_with_live, live_run_dir, save_sample
+    from recsys_tasks.paths import RunPaths
+
+    this, live = RunPaths(tmp_path / "this"), RunPaths(tmp_path / "live")
+    assert live_run_dir(this, {"run_id": "live"}, "this")[0] is None  # this run was not evaluated
+    this.evaluation.mkdir(parents=True)
+    # Raw ids: users 10, 11, 12 (rows 0..2), items 100.. (rows 0..); relevant: 10 -> 101, 11 -> 103, 12 -> 105.
+    relevant = Relevant(eval_users=np.array([0, 1, 2]), indptr=np.array([0, 1, 2, 3]), items=np.array([1, 3, 5]))
+    save_sample(this, relevant, np.array([10, 11, 12]), np.arange(100, 110), {"recall": np.array([1.0, 1.0, 0.0]),
+                                                                              "ndcg": np.array([1.0, 1.0, 0.0])}, 2)
+    assert live_run_dir(this, None, "this") == (None, "no run is published yet")
+    assert live_run_dir(this, {"run_id": "this"}, "this")[0] is None
+    assert "has no recommendations" in live_run_dir(this, {"run_id": "live"}, "this")[1]
+    live.recommendations.mkdir(parents=True)
+    # User 10's live list hits at rank 2, user 11's misses, user 12 has no document: fallback [105, 106] hits.
+    pq.write_table(pa.table({"user_id": [10, 11], "recommendations": [[104, 101, 102], [100, 102]]}),
+                   live.recommendation_part(0))
+    assert live_run_dir(this, {"run_id": "live"}, "this")[0] == live.root
+    out = compare_with_live(this, live.root, [105, 106])
+    assert out["users_with_fallback"] == 1
+    assert out["live_recall_at_n"] == pytest.approx(2 / 3)
+    assert out["recall_at_n_difference"]["mean"] == pytest.approx((0.0 + 1.0 - 1.0) / 3)
+    assert out["ndcg_at_n_difference"]["mean"] == pytest.approx((1.0 - 1 / np.log2(3) + 1.0 - 1.0) / 3)

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..paths import RunPaths, recommendation_files
 from ..runtime import get_logger
+from .lists import flat_lists
 from .metrics import Relevant, RowLookup, hits_csr, mean_ci95, ndcg_per_user, recall_per_user
 
 log = get_logger("load_redis")
@@ -43,7 +44,8 @@ def live_run_dir(paths: RunPaths, manifest: dict[str, Any] | None, run_id: str) 
     if live_id == run_id:
         return None, f"run {live_id!r} is this run (a reload)"
     candidate = paths.root.parent / live_id
-    if not candidate.is_dir() or not any(recommendation_files(RunPaths(candidate).recommendations)):
+    parts = RunPaths(candidate).recommendations
+    if not parts.is_dir() or not any(parts.glob("*.parquet")):
         return None, f"the live run {live_id!r} has no recommendations at {candidate} (retention removed it?)"
     return candidate, f"live run {live_id!r} at {candidate}"
 
@@ -62,14 +64,15 @@ def compare_with_live(paths: RunPaths, live_dir: Path, fallback_ids: list[int]) 
     table = pa.concat_tables([pq.read_table(f, columns=["user_id", "recommendations"])
                               for f in recommendation_files(RunPaths(live_dir).recommendations)])
     live_rows = RowLookup(table.column("user_id").to_numpy()).rows(user_ids)
-    lists = table.column("recommendations").to_pylist()
-    items = np.unique(np.concatenate([relevant_ids, np.asarray(fallback_ids, dtype=np.int64),
-                                      *(np.asarray(lists[r], dtype=np.int64) for r in live_rows[live_rows >= 0])]))
-    lookup = RowLookup(items)
-    ranked = np.full((len(user_ids), top_n), -1, dtype=np.int64)
+    # Flat numpy arrays, not Python lists: a million users' lists would be 20 million Python ints.
+    values, offsets = flat_lists(table.column("recommendations"))
+    fallback = np.asarray(fallback_ids, dtype=np.int64)[:top_n]
+    chosen_ids = np.full((len(user_ids), top_n), -1, dtype=np.int64)
     for position, row in enumerate(live_rows):
-        chosen = (lists[row] if row >= 0 else fallback_ids)[:top_n]
-        ranked[position, :len(chosen)] = lookup.rows(np.asarray(chosen, dtype=np.int64))
+        chosen = values[offsets[row]:offsets[row + 1]][:top_n] if row >= 0 else fallback
+        chosen_ids[position, :len(chosen)] = chosen
+    lookup = RowLookup(np.unique(np.concatenate([relevant_ids, chosen_ids[chosen_ids >= 0]])))
+    ranked = np.where(chosen_ids >= 0, lookup.rows(chosen_ids.reshape(-1)).reshape(chosen_ids.shape), -1)
     counts = np.diff(indptr)
     hits = hits_csr(ranked, indptr, lookup.rows(relevant_ids))
     live = {"recall": recall_per_user(hits, counts, top_n), "ndcg": ndcg_per_user(hits, counts, top_n)}
