@@ -22,8 +22,9 @@ publishes for unknown users. Protocol, chosen to match what is published:
   the popularity score's (item training clicks) AUC as baseline.
 * Published lists: shape checks over **every** list (the quality gate needs them all): shares of
   full/short/empty lists, lists with duplicates and lists holding a training click (must be 0),
-  catalog coverage and Gini of item exposure; recall@N / ndcg@N of the final (DLRM-ranked) lists and
-  of the same users' retrieval order alone, on the sample.
+  catalog coverage and Gini of item exposure; recall@N / ndcg@N of exactly the lists to be written (the
+  fallback for sampled users without one) beside the retrieval order and popularity on the same users,
+  with paired 95% intervals (the gate's figures); on planted data the counterfactual expected clicks.
 
 Everything is vectorised over users (CSR arrays, sorted-key lookups); inputs are streamed from parquet
 batch by batch and only the sampled users' validation rows are kept.
