@@ -188,6 +188,20 @@ class ScoringConfig:
     factored_ranking: bool = True
     """Rank with the DLRM split into per-user, per-item and cross parts (:mod:`recsys_tasks.scoring.ranker`;
     same scores up to float rounding); ``false``, or a model of another shape, runs the whole model per pair."""
+    exclude: str = "clicked"
+    """Items a user's list may not hold, in scoring, evaluation and the popularity baseline alike: ``clicked``
+    (their training clicks: the default, for impression logs, where an item shown and not clicked may
+    still be clicked later) or ``interacted`` (every item they were shown in training: use it for
+    rating-derived data, where every rating is an impression and a rated movie is not recommended again)."""
+    blend: str = "fit"
+    """Final order of each user's K candidates (:mod:`recsys_tasks.scoring.blend`): ``fit`` (default) picks, on a
+    sample of validation users, the best by recall@N of the retrieval order, the DLRM order and blends of the
+    retrieval score, DLRM logit and log popularity, so the published order never loses to retrieval order on
+    validation; ``retrieval`` or ``dlrm`` force that order without a fit."""
+    blend_sample_users: int = 5000
+    """Validation users (known from training, seeded sample) the blend is fitted on; 0 means all."""
+    blend_seed: int = 7
+    """Seed of that sample."""
     num_shards: int = 1
     """Users are split into this many contiguous shards, scored independently (one mapped Airflow task
     each, so several GPU workers score in parallel) and written as one recommendations part per shard."""
@@ -478,6 +492,11 @@ def _validate(config: Config) -> None:
         (config.scoring.ivf_lists >= 0, "scoring.ivf_lists must be >= 0"),
         (config.scoring.ivf_probe >= 1, "scoring.ivf_probe must be >= 1"),
         (config.scoring.hnsw_m >= 2, "scoring.hnsw_m must be >= 2"),
+        (config.scoring.blend in ("fit", "retrieval", "dlrm"),
+         f"scoring.blend must be fit, retrieval or dlrm; got {config.scoring.blend!r}"),
+        (config.scoring.blend_sample_users >= 0, "scoring.blend_sample_users must be >= 0"),
+        (config.scoring.exclude in ("clicked", "interacted"),
+         f"scoring.exclude must be clicked or interacted; got {config.scoring.exclude!r}"),
         (config.scoring.hnsw_ef_construction >= 1, "scoring.hnsw_ef_construction must be >= 1"),
         (config.scoring.hnsw_ef_search >= 1, "scoring.hnsw_ef_search must be >= 1"),
         (

@@ -182,7 +182,10 @@ def finish_scored_run(paths) -> None:
         "lists": {"empty_lists": 0, "short_lists": 0, "duplicate_lists": 0, "lists_with_seen_item": 0,
                   "users_with_list": users, "top_n": 0, "user_coverage": 1.0, "catalog_users": users,
                   "recall_at_n": 0.3, "retrieval_order_recall_at_n": 0.3, "catalog_coverage": 1.0,
-                  "exposure_gini": 0.5, "full_list_share": 1.0},
+                  "exposure_gini": 0.5, "full_list_share": 1.0, "users_evaluated": users, "ndcg_at_n": 0.2,
+                  "popularity_recall_at_n": 0.1,
+                  "paired_difference": {"popularity": {"recall_at_n": {"mean": 0.2, "ci95": [0.1, 0.3]}},
+                                        "retrieval_order": {"recall_at_n": {"mean": 0.0, "ci95": [-0.1, 0.1]}}}},
         "recommendations_sha256": recommendations_fingerprint(paths.recommendations),
     }
     paths.report_json.write_text(json.dumps(report))

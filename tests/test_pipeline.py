@@ -56,7 +56,7 @@ def test_fit_retrieval_exports(pipeline_run):
     summary = summaries["fit_retrieval"]
     for name, value in summary["metrics"].items():
         assert 0.0 <= value <= 1.0, name
-    assert set(summary["metrics"]) == {"recall_at_10", "ndcg_at_10"}
+    assert set(summary["metrics"]) == {"tower_recall_at_10_per_click_unmasked", "tower_ndcg_at_10_per_click_unmasked"}
     users = pd.read_parquet(paths.user_features)
     items = pd.read_parquet(paths.item_features)
     user_emb = pd.read_parquet(paths.user_embeddings)
@@ -87,7 +87,7 @@ def test_query_tower_reloads_and_reproduces_user_embeddings(pipeline_run):
 def test_fit_ranking_reports_auc_and_exports(pipeline_run):
     _, paths, summaries = pipeline_run
     metrics = summaries["fit_ranking"]["metrics"]
-    assert 0.0 <= metrics["auc"] <= 1.0
+    assert 0.0 <= metrics["keras_auc_all_validation_rows"] <= 1.0
     assert metrics["loss"] > 0
     assert (paths.dlrm / "saved_model.pb").exists()
     assert "user_id_raw" not in summaries["fit_ranking"]["input_features"]
@@ -107,16 +107,19 @@ def test_score_covers_every_user_with_valid_lists(pipeline_run):
         assert set(items) <= catalog
         assert not any((int(user_id), int(i)) in seen for i in items)
         assert list(scores) == sorted(scores, reverse=True)
-        assert all(0.0 <= s <= 1.0 for s in scores)
+        assert all(np.isfinite(scores))
 
 
 def test_score_matches_a_per_user_reference(pipeline_run):
-    """Brute force per user (numpy retrieval, one DLRM call per user) gives the same lists."""
+    """Brute force per user (numpy retrieval, one DLRM call per user, the plan's blend) gives the same lists."""
     import tensorflow as tf
 
+    from recsys_tasks.scoring.stage import plan_blend, read_plan
     from recsys_tasks.training.ranking import load_dlrm
 
     config, paths, _ = pipeline_run
+    blend = plan_blend(read_plan(paths))
+    clickers = pd.DataFrame(sorted(raw_clicks(paths)), columns=["user", "item"])["item"].value_counts()
     users = pd.read_parquet(paths.user_features)
     items = pd.read_parquet(paths.item_features)
     user_emb = pd.read_parquet(paths.user_embeddings).drop(columns="user_id").to_numpy()
@@ -134,9 +137,12 @@ def test_score_matches_a_per_user_reference(pipeline_run):
         frame = items.iloc[candidates].reset_index(drop=True)
         inputs = {c: np.full(k, user[c]) for c in users.columns if c != "user_id_raw"}
         inputs.update({c: frame[c].to_numpy() for c in items.columns if c != "item_id_raw"})
-        scores = np.asarray(
+        probabilities = np.asarray(
             model({c: tf.constant(v.reshape(-1, 1)) for c, v in inputs.items()}, training=False)
         ).reshape(-1)
+        prior = np.log1p(frame["item_id_raw"].map(clickers).fillna(0).to_numpy())
+        blended = blend.combine(affinity[candidates][None, :], probabilities[None, :], prior[None, :])[0]
+        scores = 1.0 / (1.0 + np.exp(-blended.astype(np.float64)))  # what scoring writes: sigmoid, order kept
         expected = frame["item_id_raw"].to_numpy()[np.argsort(-scores, kind="stable")[:n]]
         got = np.asarray(recs.loc[raw_uid, "recommendations"])
         # Same candidates and same order, up to float ties between near-equal scores.
@@ -147,17 +153,39 @@ def test_score_matches_a_per_user_reference(pipeline_run):
 @pytest.mark.parametrize("chunk_size", [1, 7, 1000])
 def test_scoring_does_not_depend_on_chunk_size(pipeline_run, chunk_size):
     from recsys_tasks.scoring.catalog import load_catalog
-    from recsys_tasks.scoring.stage import iter_user_chunks, score_chunk
+    from recsys_tasks.scoring.stage import iter_user_chunks, plan_blend, read_plan, score_chunk
     from recsys_tasks.training.ranking import load_dlrm
 
     config, paths, _ = pipeline_run
     catalog = load_catalog(paths)
     model = load_dlrm(paths.dlrm)
+    blend = plan_blend(read_plan(paths))
     count = min(40, catalog.num_users)
     results = [
-        score_chunk(catalog, model, rows, config.scoring.top_k, config.scoring.top_n, 333)
+        score_chunk(catalog, model, rows, config.scoring.top_k, config.scoring.top_n, 333, blend=blend)
         for rows in iter_user_chunks(count, chunk_size)
     ]
     got = [r for chunk in results for r in chunk["recommendations"]]
     stored = pq.read_table(paths.recommendations).to_pandas()["recommendations"].head(count)
     assert got == [list(r) for r in stored]
+
+
+def test_exclude_interacted_keeps_every_training_impression_out_of_the_lists(pipeline_run):
+    from recsys_tasks.scoring.candidates import retrieve
+    from recsys_tasks.scoring.catalog import load_catalog
+
+    config, paths, _ = pipeline_run
+    clicked, interacted = load_catalog(paths, "clicked"), load_catalog(paths, "interacted")
+    raw = pd.read_parquet(paths.raw_train)
+    users = {int(u): r for r, u in enumerate(interacted.user_features["user_id_raw"])}
+    items = {int(i): r for r, i in enumerate(interacted.item_features["item_id_raw"])}
+    shown = {(users[u], items[i]) for u, i in zip(raw["user_id"], raw["item_id"]) if u in users and i in items}
+    pairs = {(u, int(i)) for u in range(interacted.num_users)
+             for i in interacted.seen_items[interacted.seen_indptr[u]:interacted.seen_indptr[u + 1]]}
+    assert pairs == shown and len(interacted.seen_items) > len(clicked.seen_items)
+    # The popularity prior still counts clicks, whatever is excluded.
+    np.testing.assert_array_equal(interacted.popularity_prior, clicked.popularity_prior)
+    rows, _ = retrieve(interacted, np.arange(interacted.num_users), config.scoring.top_k, "tiled")
+    assert not any((u, int(i)) in shown for u, row in enumerate(rows) for i in row if i >= 0)
+    with pytest.raises(ValueError, match="unknown exclusion policy 'rated'"):
+        load_catalog(paths, "rated")

@@ -73,7 +73,10 @@ def test_top_k_rows_orders_and_drops_masked():
 def hand_report(**lists_changes):
     lists = {
         "top_n": 5, "users_with_list": 100, "catalog_users": 100, "user_coverage": 1.0, "empty_lists": 0,
-        "short_lists": 0, "duplicate_lists": 0, "lists_with_seen_item": 0,
+        "short_lists": 0, "duplicate_lists": 0, "lists_with_seen_item": 0, "users_evaluated": 80,
+        "recall_at_n": 0.30, "retrieval_order_recall_at_n": 0.28, "popularity_recall_at_n": 0.10,
+        "paired_difference": {"retrieval_order": {"recall_at_n": {"mean": 0.02, "ci95": [-0.01, 0.05]}},
+                              "popularity": {"recall_at_n": {"mean": 0.20, "ci95": [0.15, 0.25]}}},
     }
     return {
         "retrieval": {
@@ -108,6 +111,33 @@ def test_gate_checks_each_failure_with_its_numbers():
     assert "0.9000 of 100 known users" in failed(hand_report(user_coverage=0.9))["user_coverage"]
     assert "rerun the 'evaluate' stage" in failed(hand_report(), sha="other")["report_matches"]
     assert failed(weak, QualityConfig(min_recall_lift=1.05)) == {}
+
+
+def test_gate_judges_the_published_lists_against_popularity_retrieval_order_and_live_lists():
+    below_popularity = hand_report(popularity_recall_at_n=0.31, paired_difference={
+        "retrieval_order": {"recall_at_n": {"mean": 0.02, "ci95": [-0.01, 0.05]}},
+        "popularity": {"recall_at_n": {"mean": -0.01, "ci95": [-0.04, 0.02]}}})
+    assert failed(below_popularity) == {"published_vs_popularity": (
+        "published recall@5 0.3000 vs popularity 0.3100 on 80 validation users (paired difference -0.0100 "
+        "[95% -0.0400, +0.0200]; must not be below)")}
+    below_retrieval = hand_report(paired_difference={
+        "retrieval_order": {"recall_at_n": {"mean": -0.03, "ci95": [-0.05, -0.01]}},
+        "popularity": {"recall_at_n": {"mean": 0.2, "ci95": [0.15, 0.25]}}})
+    assert "paired difference -0.0300 [95% -0.0500, -0.0100]" in failed(below_retrieval)[
+        "published_vs_retrieval_order"]
+    no_figures = hand_report()
+    del no_figures["lists"]["paired_difference"]
+    assert "rerun the 'evaluate' stage" in failed(no_figures)["published_vs_popularity"]
+
+    def live(mean, low, high):
+        return {"run_dir": "/runs/live", "live_recall_at_n": 0.33,
+                "recall_at_n_difference": {"mean": mean, "ci95": [low, high]}}
+
+    checks = {c["name"]: c for c in run_checks(hand_report(), QualityConfig(), "abc", live(-0.03, -0.06, -0.005))}
+    assert not checks["published_vs_live"]["passed"]
+    assert "vs the live lists 0.3300 of /runs/live" in checks["published_vs_live"]["detail"]
+    checks = {c["name"]: c for c in run_checks(hand_report(), QualityConfig(), "abc", live(-0.01, -0.03, 0.01))}
+    assert checks["published_vs_live"]["passed"]  # within the interval: not worse
 
 
 # --------------------------------------------------------------------------------------------------
@@ -260,3 +290,66 @@ def test_stale_report_is_refused(evaluated_run, tmp_path, redis_client):
     with pytest.raises(QualityGateError, match="report_matches"):
         run_stage("load_redis", config, root, redis_client=redis_client, run_id="stale")
     assert redis_client.dbsize() == 0
+
+
+def shuffled_ranking_run(source_root, root, config):
+    """A copy of a run whose final order is the top N of the K candidates by shuffled (random) scores."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recsys_tasks.cli import run_stage
+    from recsys_tasks.paths import RunPaths
+    from recsys_tasks.scoring.candidates import retrieve
+    from recsys_tasks.scoring.catalog import load_catalog
+    from recsys_tasks.scoring.stage import recommendations_schema
+
+    shutil.copytree(source_root, root)
+    paths = RunPaths(root)
+    catalog = load_catalog(paths)
+    users = np.arange(catalog.num_users)
+    candidates, _ = retrieve(catalog, users, config.scoring.top_k, "tiled")
+    random_scores = np.random.default_rng(0).random(candidates.shape)
+    picked = np.take_along_axis(candidates, np.argsort(-random_scores, axis=1)[:, :config.scoring.top_n], axis=1)
+    part = paths.recommendation_part(0)
+    table = pa.table({"user_id": catalog.user_features["user_id_raw"],
+                      "recommendations": catalog.item_features["item_id_raw"][picked].tolist(),
+                      "scores": np.sort(random_scores, axis=1)[:, ::-1][:, :config.scoring.top_n].tolist(),
+                      "user_id_encoded": catalog.user_features["user_id"]}, schema=recommendations_schema())
+    pq.write_table(table, part)
+    return run_stage("evaluate", config, root)
+
+
+def test_shuffled_ranking_is_refused_with_nothing_written(evaluated_run, tmp_path, redis_client):
+    from recsys_tasks.cli import run_stage
+
+    config, paths, _ = evaluated_run
+    report = shuffled_ranking_run(paths.root, tmp_path / "shuffled", config)
+    assert report["lists"]["paired_difference"]["retrieval_order"]["recall_at_n"]["ci95"][1] < 0
+    with pytest.raises(QualityGateError, match=r"published_vs_retrieval_order: published recall@\d+ 0\.\d+ vs "
+                                               r"retrieval order") as err:
+        run_stage("load_redis", config, tmp_path / "shuffled", redis_client=redis_client, run_id="shuffled")
+    assert "Redis was not touched" in str(err.value)
+    assert redis_client.dbsize() == 0
+
+
+def test_lists_worse_than_the_live_run_are_refused(evaluated_run, tmp_path, redis_client):
+    """The live run (found through the manifest: its run id names a sibling run directory) is the yardstick."""
+    from recsys_tasks.cli import run_stage
+
+    config, paths, _ = evaluated_run
+    shutil.copytree(paths.root, tmp_path / "live")
+    published = run_stage("load_redis", config, tmp_path / "live", redis_client=redis_client, run_id="live")
+    assert published["quality_gate"]["live"] == {"skipped": "no run is published yet"}
+    # Judged against the live lists, the same lists again are not worse (difference exactly 0).
+    shutil.copytree(paths.root, tmp_path / "same")
+    again = run_stage("load_redis", config, tmp_path / "same", redis_client=redis_client, run_id="same")
+    live = again["quality_gate"]["live"]
+    assert live["run_dir"] == str(tmp_path / "live") and live["recall_at_n_difference"]["mean"] == 0.0
+    before = redis_snapshot(redis_client)
+    shuffled_ranking_run(paths.root, tmp_path / "worse", config)
+    relaxed = config.with_overrides({"quality.min_recall_lift": 0.0})
+    with pytest.raises(QualityGateError, match=r"published_vs_live: published recall@\d+ 0\.\d+ vs the live lists "
+                                               r"0\.\d+ of .*same") as err:
+        run_stage("load_redis", relaxed, tmp_path / "worse", redis_client=redis_client, run_id="worse")
+    assert "Redis was not touched" in str(err.value)
+    assert redis_snapshot(redis_client) == before

@@ -10,8 +10,9 @@ publishes for unknown users. Protocol, chosen to match what is published:
   sample, so evaluation time and memory stop growing with the data. Each metric carries its 95%
   interval over the sampled users (see :mod:`recsys_tasks.evaluation.metrics`).
 * Retrieval is scored over the **full catalog** on validation clicks. A user's relevant items are the
-  distinct catalog items they clicked in validation and had **not** clicked in training (published
-  lists never hold seen items, so seen items are masked for every method). Users absent from the
+  distinct catalog items they clicked in validation outside their exclusion set (``scoring.exclude``:
+  their training clicks, or every item shown to them in training); published lists never hold those
+  items, so they are masked for every method, popularity included. Users absent from the
   training data (cold users) cannot be scored and are counted apart. recall@k = hits in the top k /
   relevant items; ndcg@k with binary gains; both averaged over users.
 * Methods: the Two-Tower model (dot product of the exported embeddings), a popularity baseline
@@ -21,8 +22,9 @@ publishes for unknown users. Protocol, chosen to match what is published:
   the popularity score's (item training clicks) AUC as baseline.
 * Published lists: shape checks over **every** list (the quality gate needs them all): shares of
   full/short/empty lists, lists with duplicates and lists holding a training click (must be 0),
-  catalog coverage and Gini of item exposure; recall@N / ndcg@N of the final (DLRM-ranked) lists and
-  of the same users' retrieval order alone, on the sample.
+  catalog coverage and Gini of item exposure; recall@N / ndcg@N of exactly the lists to be written (the
+  fallback for sampled users without one) beside the retrieval order and popularity on the same users,
+  with paired 95% intervals (the gate's figures); on planted data the counterfactual expected clicks.
 
 Everything is vectorised over users (CSR arrays, sorted-key lookups); inputs are streamed from parquet
 batch by batch and only the sampled users' validation rows are kept.
@@ -40,7 +42,9 @@ import numpy as np
 from ..config import Config
 from ..paths import RunPaths, recommendation_files, require
 from ..runtime import InputDataError, get_logger, quiet_tensorflow, read_summary, stage
+from .counterfactual import TruthLookup, counterfactual_report
 from .lists import flat_lists, list_quality, published_list_metrics, read_lists
+from .live import save_sample
 from .metrics import (  # noqa: F401  (re-exported: the metric functions' historical home)
     Relevant,
     RowLookup,
@@ -202,21 +206,6 @@ def popularity_scores(paths: RunPaths, items: RowLookup, num_items: int) -> np.n
     return clicks + 1e-6 * shown
 
 
-def _oracle(paths: RunPaths, catalog: Any) -> Any:
-    from ..data.planted import PlantedTruth
-
-    truth = PlantedTruth.load(paths.truth)
-    truth_items = RowLookup(truth.item_ids).rows(catalog.item_features["item_id_raw"])
-    user_to_truth = RowLookup(truth.user_ids).rows(catalog.user_features["user_id_raw"])
-    if (truth_items < 0).any() or (user_to_truth < 0).any():
-        raise InputDataError(f"{paths.truth}: the planted truth lacks users or items of the catalog")
-
-    def oracle(rows: np.ndarray) -> np.ndarray:
-        return truth.expected_clicks(user_to_truth[rows])[:, truth_items]
-
-    return oracle
-
-
 def _predict_ranking(paths: RunPaths, valid: Any, features: list[str], batch_rows: int) -> np.ndarray:
     from ..scoring.ranker import rank_pairs
     from ..training.ranking import load_dlrm
@@ -240,7 +229,7 @@ def evaluate(config: Config, paths: RunPaths) -> dict[str, Any]:
     cutoffs = sorted({*config.evaluate.cutoffs, top_k})
     source = read_summary(paths, "generate_data").get("source", config.data.source)
     ranking_features = read_summary(paths, "fit_ranking")["input_features"]
-    catalog = load_catalog(paths)
+    catalog = load_catalog(paths, config.scoring.exclude)
     users = RowLookup(catalog.user_features["user_id_raw"])
     items = RowLookup(catalog.item_features["item_id_raw"])
     seen = seen_keys(catalog)
@@ -268,8 +257,9 @@ def evaluate(config: Config, paths: RunPaths) -> dict[str, Any]:
                               relevant.eval_users, max(cutoffs)),
         "popularity": rank_by_popularity(popularity, catalog, seen, relevant.eval_users, max(cutoffs)),
     }
-    if paths.truth.exists() and source == "planted":
-        ranked["oracle"] = rank_catalog(_oracle(paths, catalog), catalog, relevant.eval_users, max(cutoffs))
+    truth = TruthLookup(paths.truth, catalog) if paths.truth.exists() and source == "planted" else None
+    if truth is not None:
+        ranked["oracle"] = rank_catalog(truth.expected_clicks, catalog, relevant.eval_users, max(cutoffs))
     retrieval = {
         "cutoffs": cutoffs,
         "sample": sample,
@@ -307,10 +297,19 @@ def evaluate(config: Config, paths: RunPaths) -> dict[str, Any]:
     # Every published list's shape; the sampled users' lists against retrieval order alone.
     lists = read_lists(paths)
     quality, list_rows = list_quality(lists, catalog, users, items, seen, top_n)
-    quality.update(published_list_metrics(list_rows, relevant, ranked["model"], catalog.num_users, top_n))
-
     # The popularity list published for unknown users.
     popular_rows = np.argsort(-popularity, kind="stable")[:top_n]
+    references = {"retrieval_order": ranked["model"], "popularity": ranked["popularity"]}
+    published, published_per_user = published_list_metrics(list_rows, relevant, references, popular_rows,
+                                                            catalog.num_users, top_n)
+    quality.update(published)
+    counterfactual = None
+    if truth is not None:
+        orders = {"published": published_per_user["rows"], **references, "oracle": ranked["oracle"],
+                  "click_oracle": rank_catalog(truth.click_probability, catalog, relevant.eval_users, top_n)}
+        counterfactual = counterfactual_report(truth, relevant.eval_users, orders, catalog.num_items, top_n)
+    save_sample(paths, relevant, catalog.user_features["user_id_raw"], catalog.item_features["item_id_raw"],
+                published_per_user, top_n)
     fallback = {
         "recommendations": [int(x) for x in catalog.item_features["item_id_raw"][popular_rows]],
         "scores": [round(float(popularity[r]) / max(float(popularity.sum()), 1e-12), 6) for r in popular_rows],
@@ -329,6 +328,8 @@ def evaluate(config: Config, paths: RunPaths) -> dict[str, Any]:
             "users_scored": summaries.get("score", {}).get("users"),
             "items": int(catalog.num_items),
         },
+        "blend": summaries.get("score", {}).get("blend"),
+        "counterfactual": counterfactual,
         "recommendations_sha256": recommendations_fingerprint(paths.recommendations),
         "fallback_list": str(paths.fallback_list),
         "data_window": summaries.get("generate_data", {}).get("window"),

@@ -8,6 +8,13 @@ It reads the run's ``report.json`` (written by ``evaluate``) and refuses to publ
 * ``ranking_auc``: the DLRM's validation AUC is below ``quality.min_ranking_auc``;
 * ``lists``: any published list is empty, short, holds a duplicate or an item the user already clicked;
 * ``user_coverage``: fewer than ``quality.min_user_coverage`` of the known users have a list;
+* ``published_vs_popularity``: the lists about to be written (the fallback for sampled users without
+  one) have a lower validation recall@N than popularity under the same exclusion, on the same users;
+* ``published_vs_retrieval_order``: they are below the retrieval order they re-rank beyond the paired
+  95% interval;
+* ``published_vs_live``: they are below the lists that are live now (the manifest's run, read from its
+  run directory, on this run's validation users and clicks) beyond the paired 95% interval: the
+  blessing of TFX's Evaluator. Skipped, with the reason recorded, when nothing comparable is live;
 * ``report_matches``: the report was computed on other recommendations than those about to be
   published (``score`` ran again after ``evaluate``).
 
@@ -47,10 +54,43 @@ def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
     return {"name": name, "passed": bool(passed), "detail": detail}
 
 
+def _paired(difference: dict[str, Any]) -> str:
+    low, high = difference["ci95"]
+    return f"paired difference {difference['mean']:+.4f} [95% {low:+.4f}, {high:+.4f}]"
+
+
+def published_checks(lists: dict[str, Any], live: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The checks on the lists about to be written: vs popularity, the retrieval order and the live lists."""
+    paired = lists.get("paired_difference")
+    n = lists.get("top_n")
+    if not paired:
+        return [_check("published_vs_popularity", False, "report.json has no validation figures of the published "
+                       "lists (written by an older version?); rerun the 'evaluate' stage")]
+    popularity = paired["popularity"]["recall_at_n"]
+    ranked = paired["retrieval_order"]["recall_at_n"]
+    checks = [
+        _check("published_vs_popularity", popularity["mean"] >= 0,
+               f"published recall@{n} {lists['recall_at_n']:.4f} vs popularity {lists['popularity_recall_at_n']:.4f} "
+               f"on {lists['users_evaluated']} validation users ({_paired(popularity)}; must not be below)"),
+        _check("published_vs_retrieval_order", ranked["ci95"][1] >= 0,
+               f"published recall@{n} {lists['recall_at_n']:.4f} vs retrieval order "
+               f"{lists['retrieval_order_recall_at_n']:.4f} ({_paired(ranked)}; must reach 0)"),
+    ]
+    if live is not None:
+        difference = live["recall_at_n_difference"]
+        checks.append(_check("published_vs_live", difference["ci95"][1] >= 0,
+                             f"published recall@{n} {lists['recall_at_n']:.4f} vs the live lists "
+                             f"{live['live_recall_at_n']:.4f} of {live['run_dir']} ({_paired(difference)}; "
+                             "must reach 0)"))
+    return checks
+
+
 def run_checks(
-    report: dict[str, Any], settings: QualityConfig, recommendations_sha256: str | None = None
+    report: dict[str, Any], settings: QualityConfig, recommendations_sha256: str | None = None,
+    live: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every check's verdict; pure function of the report, the thresholds and the file's fingerprint."""
+    """Every check's verdict; pure function of the report, the thresholds, the file's fingerprint and the
+    comparison with the live lists (:func:`recsys_tasks.evaluation.live.compare_with_live`, None: none live)."""
     retrieval, ranking, lists = report["retrieval"], report["ranking"], report["lists"]
     cutoff = RECALL_CUTOFF if RECALL_CUTOFF in retrieval["model"]["recall"] else str(retrieval["cutoffs"][0])
     model = retrieval["model"]["recall"][cutoff]
@@ -89,6 +129,7 @@ def run_checks(
             f"(needs >= {settings.min_user_coverage:g})",
         ),
     ]
+    checks.extend(published_checks(lists, live))
     if recommendations_sha256 is not None:
         checks.append(
             _check(
@@ -106,14 +147,26 @@ def read_report(paths: RunPaths) -> dict[str, Any]:
     return json.loads(require(paths.report_json, "evaluate").read_text())
 
 
-def enforce(paths: RunPaths, settings: QualityConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Run the gate for a run directory: ``(report, gate verdict)``; raise unless it passes or is forced."""
+def enforce(paths: RunPaths, settings: QualityConfig, manifest: dict[str, Any] | None = None,
+            run_id: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the gate for a run directory: ``(report, gate verdict)``; raise unless it passes or is forced.
+
+    ``manifest``: what the store says is live (its run's lists are compared when its directory is found).
+    """
     from .evaluate import recommendations_fingerprint
+    from .live import compare_with_live, live_run_dir
 
     report = read_report(paths)
-    checks = run_checks(report, settings, recommendations_fingerprint(paths.recommendations))
+    live_dir, live_reason = live_run_dir(paths, manifest, run_id)
+    live = None
+    if live_dir is not None:
+        fallback = json.loads(require(paths.fallback_list, "evaluate").read_text())["recommendations"]
+        live = compare_with_live(paths, live_dir, fallback)
+    else:
+        log.info("quality gate: no comparison with live lists: %s", live_reason)
+    checks = run_checks(report, settings, recommendations_fingerprint(paths.recommendations), live)
     failed = [c for c in checks if not c["passed"]]
-    verdict = {"passed": not failed, "forced": False, "checks": checks}
+    verdict = {"passed": not failed, "forced": False, "checks": checks, "live": live or {"skipped": live_reason}}
     if not failed:
         log.info("quality gate passed: %s", "; ".join(c["detail"] for c in checks))
         return report, verdict

@@ -1,8 +1,10 @@
 """The published lists, checked as the quality gate needs them: every list, vectorised.
 
 Shapes (full, short, empty lists, duplicates, items the user clicked in training, unknown ids),
-catalog coverage and Gini of exposure over **every** list; recall@N / ndcg@N of the final lists against
-retrieval order alone on the evaluated sample of users. Used by :mod:`recsys_tasks.evaluation.evaluate`.
+catalog coverage and Gini of exposure over **every** list; recall@N / ndcg@N of exactly the lists that
+would be published (the fallback for users without one) against the retrieval order, popularity and the
+live run's lists on the evaluated sample of users, with paired 95% intervals.
+Used by :mod:`recsys_tasks.evaluation.evaluate`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..paths import RunPaths, recommendation_files, require
-from .metrics import Relevant, RowLookup, gini, hits_csr, metrics_from_hits
+from .metrics import Relevant, RowLookup, gini, hits_csr, mean_ci95, ndcg_per_user, recall_per_user
 
 
 def read_lists(paths: RunPaths) -> Any:
@@ -77,29 +79,60 @@ def list_quality(lists: Any, catalog: Any, users: RowLookup, items: RowLookup, s
     return quality, {"user_rows": user_rows, "item_rows": matrix[:, :top_n], "exposure": exposure}
 
 
-def published_list_metrics(list_rows: dict[str, Any], relevant: Relevant, model_ranked: np.ndarray,
-                           num_users: int, top_n: int) -> dict[str, Any]:
-    """recall@N / ndcg@N of the published lists and of retrieval order alone, for sampled users with a list."""
+def published_list_metrics(list_rows: dict[str, Any], relevant: Relevant, references: dict[str, np.ndarray],
+                           fallback_rows: np.ndarray, num_users: int,
+                           top_n: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """recall@N / ndcg@N of exactly what would be published, beside each reference order, with paired intervals.
+
+    Every sampled user is evaluated: with their list, or with the fallback list (``fallback_rows``, what
+    applications show a user without a document) when they have none. ``references`` maps a name
+    (``retrieval_order``, ``popularity``, ``live``) to item rows ``[eval users, >= N]`` ranked for the same users.
+    The paired difference ``published - reference`` is averaged over the same users, with its 95% interval.
+    Also returns the published lists' per-user recall and ndcg (for the gate's comparison with live lists)
+    and, under ``"rows"``, the published item rows of each evaluated user.
+    """
     position = np.full(num_users, -1, dtype=np.int64)
     known = list_rows["user_rows"] >= 0
     position[list_rows["user_rows"][known]] = np.flatnonzero(known)
     where = position[relevant.eval_users]
     with_list = where >= 0
-    indptr = np.concatenate([[0], np.cumsum(relevant.counts[with_list])]).astype(np.int64)
-    starts = relevant.indptr[:-1][with_list]
-    counts = relevant.counts[with_list]
-    items = relevant.items[np.repeat(starts, counts) + np.arange(int(counts.sum())) - np.repeat(indptr[:-1], counts)]
-    final = metrics_from_hits(hits_csr(list_rows["item_rows"][where[with_list]], indptr, items), counts, [top_n])
-    order = metrics_from_hits(hits_csr(model_ranked[with_list][:, :top_n], indptr, items), counts, [top_n])
+    published = np.full((len(where), top_n), -1, dtype=np.int64)
+    published[with_list] = list_rows["item_rows"][where[with_list]][:, :top_n]
+    fallback = np.full(top_n, -1, dtype=np.int64)
+    fallback[:len(fallback_rows[:top_n])] = fallback_rows[:top_n]
+    published[~with_list] = fallback
+    per_user = {"published": _per_user(published, relevant, top_n)}
+    per_user.update({name: _per_user(rows[:, :top_n], relevant, top_n) for name, rows in references.items()})
     n = str(top_n)
-    return {
-        "users_evaluated": int(with_list.sum()),
-        "recall_at_n": final["recall"][n],
-        "ndcg_at_n": final["ndcg"][n],
-        "recall_at_n_ci95": final["recall_ci95"][n],
-        "ndcg_at_n_ci95": final["ndcg_ci95"][n],
-        "retrieval_order_recall_at_n": order["recall"][n],
-        "retrieval_order_ndcg_at_n": order["ndcg"][n],
-        "retrieval_order_recall_at_n_ci95": order["recall_ci95"][n],
-        "retrieval_order_ndcg_at_n_ci95": order["ndcg_ci95"][n],
+    out: dict[str, Any] = {
+        "users_evaluated": int(len(where)),
+        "users_with_fallback": int((~with_list).sum()),
+        "recall_at_n": per_user["published"]["recall"][0],
+        "ndcg_at_n": per_user["published"]["ndcg"][0],
+        "recall_at_n_ci95": per_user["published"]["recall"][1],
+        "ndcg_at_n_ci95": per_user["published"]["ndcg"][1],
+        "paired_difference": {},
+        "metric": f"recall@{n} and ndcg@{n} (binary gains) of each sampled validation user's list against their "
+                  "validation clicks on items outside the exclusion set, averaged over users; paired 95% intervals",
     }
+    for name, figures in per_user.items():
+        if name == "published":
+            continue
+        out[f"{name}_recall_at_n"], out[f"{name}_recall_at_n_ci95"] = figures["recall"][:2]
+        out[f"{name}_ndcg_at_n"], out[f"{name}_ndcg_at_n_ci95"] = figures["ndcg"][:2]
+        differences = {}
+        for metric in ("recall", "ndcg"):
+            mean, interval = mean_ci95(per_user["published"][metric][2] - figures[metric][2])
+            differences[f"{metric}_at_n"] = {"mean": mean, "ci95": interval}
+        out["paired_difference"][name] = differences
+    return out, {**{metric: per_user["published"][metric][2] for metric in ("recall", "ndcg")}, "rows": published}
+
+
+def _per_user(rows: np.ndarray, relevant: Relevant, top_n: int) -> dict[str, tuple[float, list[float], np.ndarray]]:
+    hits = hits_csr(rows, relevant.indptr, relevant.items)
+    out = {}
+    for metric, function in (("recall", recall_per_user), ("ndcg", ndcg_per_user)):
+        values = function(hits, relevant.counts, top_n)
+        mean, interval = mean_ci95(values)
+        out[metric] = (mean, interval, values)
+    return out

@@ -189,10 +189,9 @@ def markdown(report: dict[str, Any], *, plots: bool = True) -> str:
         "",
         f"## Published lists (N = {lists['top_n']})",
         "",
-        f"- recall@N {lists['recall_at_n']:.4f}{_interval(lists.get('recall_at_n_ci95'))} / ndcg@N "
-        f"{lists['ndcg_at_n']:.4f} for the ranked lists, {lists['retrieval_order_recall_at_n']:.4f}"
-        f"{_interval(lists.get('retrieval_order_recall_at_n_ci95'))} / {lists['retrieval_order_ndcg_at_n']:.4f} "
-        f"in retrieval order ({lists.get('users_evaluated', '?')} sampled users)",
+        *_published_table(lists),
+        *_blend_lines(report.get("blend")),
+        *_counterfactual_table(report.get("counterfactual")),
         f"- {lists['users_with_list']} lists for {lists['catalog_users']} known users "
         f"(coverage {lists['user_coverage']:.4f}), full lists {lists['full_list_share']:.4f}",
         f"- catalog coverage {lists['catalog_coverage']:.4f}, Gini of item exposure {lists['exposure_gini']:.4f}",
@@ -212,6 +211,58 @@ def markdown(report: dict[str, Any], *, plots: bool = True) -> str:
         lines = [line for line in lines if not line.startswith("![")]
         lines.insert(3, "Plots were not drawn: matplotlib is not installed where this run was evaluated.\n")
     return "\n".join(lines)
+
+
+def _published_table(lists: dict[str, Any]) -> list[str]:
+    """Exactly the lists to be written vs each reference order, on the same sampled users, paired intervals."""
+    n = lists["top_n"]
+    lines = [f"What would be written (the fallback for sampled users without a list: "
+             f"{lists.get('users_with_fallback', 0)}), on {lists.get('users_evaluated', '?')} sampled validation "
+             "users:", "",
+             f"| lists | recall@{n} | ndcg@{n} | recall@{n}: published - this [95%] |", "|---|---|---|---|",
+             f"| published | {lists['recall_at_n']:.4f}{_interval(lists.get('recall_at_n_ci95'))} | "
+             f"{lists['ndcg_at_n']:.4f}{_interval(lists.get('ndcg_at_n_ci95'))} | |"]
+    paired = lists.get("paired_difference", {})
+    for name in ("retrieval_order", "popularity"):
+        if f"{name}_recall_at_n" not in lists:
+            continue
+        difference = paired.get(name, {}).get("recall_at_n")
+        cell = f"{difference['mean']:+.4f}{_interval(difference['ci95'])}" if difference else ""
+        lines.append(f"| {name.replace('_', ' ')} | {lists[f'{name}_recall_at_n']:.4f}"
+                     f"{_interval(lists.get(f'{name}_recall_at_n_ci95'))} | {lists[f'{name}_ndcg_at_n']:.4f}"
+                     f"{_interval(lists.get(f'{name}_ndcg_at_n_ci95'))} | {cell} |")
+    return [*lines, ""]
+
+
+def _counterfactual_table(counterfactual: dict[str, Any] | None) -> list[str]:
+    if not counterfactual:
+        return []
+    names = [n for n in ("published", "retrieval_order", "popularity", "oracle", "click_oracle") if n in counterfactual]
+    lines = ["", f"Counterfactual, under the planted truth ({counterfactual['users']} evaluated users; "
+             f"{counterfactual['metric']}; `oracle` ranks by P(shown) x P(click | shown) as logged recall rewards, "
+             "`click oracle` by P(click | shown)):", "",
+             "| lists | expected clicks per list | catalogue coverage | exposure Gini |", "|---|---|---|---|"]
+    for name in names:
+        row = counterfactual[name]
+        lines.append(f"| {name.replace('_', ' ')} | {row['expected_clicks']:.4f}"
+                     f"{_interval(row['expected_clicks_ci95'])} | {row['catalog_coverage']:.4f} | "
+                     f"{row['exposure_gini']:.4f} |")
+    return [*lines, ""]
+
+
+def _blend_lines(blend: dict[str, Any] | None) -> list[str]:
+    if not blend:
+        return []
+    chosen = blend["chosen"]
+    weights = ", ".join(f"{k} {v:g}" for k, v in chosen["weights"].items())
+    lines = [f"- final order: **{chosen['name']}** (weights on standardised components: {weights}); "
+             f"{blend.get('reason', '')}"]
+    if blend.get("candidates"):
+        best = sorted(blend["candidates"], key=lambda row: -next(v for k, v in row.items() if k.startswith("recall@")))
+        shown = ", ".join(f"{row['name']} {next(v for k, v in row.items() if k.startswith('recall@')):.4f}"
+                          for row in best[:5])
+        lines.append(f"- blend fit, best of {len(best)} orders by validation recall: {shown}")
+    return lines
 
 
 def write_report(
@@ -251,8 +302,9 @@ def summary_lines(report: dict[str, Any], gate: dict[str, Any], published: dict[
         f"{retrieval['popularity']['recall'][k]:.4f} | oracle {_fmt(oracle['recall'][k] if oracle else None)}",
         f"ranking AUC {ranking['auc']:.4f} (popularity {ranking['popularity_auc']:.4f}), "
         f"log loss {ranking['log_loss']:.4f} ({_base_rate(ranking)})",
-        f"lists: recall@{lists['top_n']} {lists['recall_at_n']:.4f} ranked vs "
-        f"{lists['retrieval_order_recall_at_n']:.4f} retrieval order; coverage {lists['catalog_coverage']:.3f}; "
+        f"lists: recall@{lists['top_n']} {lists['recall_at_n']:.4f} published vs "
+        f"{lists['retrieval_order_recall_at_n']:.4f} retrieval order, {_fmt(lists.get('popularity_recall_at_n'))} "
+        f"popularity; coverage {lists['catalog_coverage']:.3f}; "
         f"Gini {lists['exposure_gini']:.3f}; full {lists['full_list_share']:.3f}; seen {lists['lists_with_seen_item']}",
         "stages: " + ", ".join(f"{n} {s['seconds']}s/{s['device']}" for n, s in report["stages"].items()),
         f"quality gate: {'PASSED' if gate['passed'] else 'FAILED'}"

@@ -23,8 +23,11 @@ class Catalog:
     user_embeddings: np.ndarray
     item_embeddings: np.ndarray
     seen_indptr: np.ndarray
-    """CSR over user rows: ``seen_items[seen_indptr[u]:seen_indptr[u + 1]]`` are user row u's clicks."""
+    """CSR over user rows: ``seen_items[seen_indptr[u]:seen_indptr[u + 1]]`` are the items excluded from user
+    row u's lists (``scoring.exclude``: the user's training clicks, or every training impression)."""
     seen_items: np.ndarray
+    item_clickers: np.ndarray | None = None
+    """Distinct users who clicked each item row in training (None: count the seen CSR, i.e. clicks)."""
     ann_index: Any = None
     """The FAISS index of :mod:`recsys_tasks.scoring.kernels.ann` when scoring retrieves approximately."""
 
@@ -35,6 +38,14 @@ class Catalog:
     @property
     def num_items(self) -> int:
         return len(self.item_embeddings)
+
+    @cached_property
+    def popularity_prior(self) -> np.ndarray:
+        """``log(1 + distinct users who clicked the item in training)`` per item row (the blend's prior)."""
+        clickers = self.item_clickers
+        if clickers is None:
+            clickers = np.bincount(self.seen_items, minlength=self.num_items)
+        return np.log1p(clickers.astype(np.float64))
 
     @cached_property
     def packed_items(self) -> np.ndarray:
@@ -75,6 +86,12 @@ def _row_lookup(ids: np.ndarray) -> np.ndarray:
     return lookup
 
 
+def _rows_or_missing(lookup: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Rows of ``ids`` in a :func:`_row_lookup` table, -1 for ids outside it."""
+    inside = (ids >= 0) & (ids < len(lookup))
+    return np.where(inside, lookup[np.where(inside, ids, 0)], -1)
+
+
 def seen_csr(user_rows: np.ndarray, item_rows: np.ndarray, num_users: int) -> tuple[np.ndarray, np.ndarray]:
     """Deduplicated (user row, item row) clicks as CSR arrays."""
     pairs = np.unique(np.stack([user_rows, item_rows], axis=1), axis=0)
@@ -83,9 +100,16 @@ def seen_csr(user_rows: np.ndarray, item_rows: np.ndarray, num_users: int) -> tu
     return indptr, pairs[:, 1].astype(np.int64)
 
 
-def load_catalog(paths: RunPaths) -> Catalog:
+EXCLUDE_POLICIES = ("clicked", "interacted")
+
+
+def load_catalog(paths: RunPaths, exclude: str = "clicked") -> Catalog:
+    """The run's catalog; ``exclude`` (``scoring.exclude``) names what a user's lists may not hold:
+    ``clicked`` their training clicks, ``interacted`` every item they were shown (or rated) in training."""
     import pandas as pd
 
+    if exclude not in EXCLUDE_POLICIES:
+        raise ValueError(f"unknown exclusion policy {exclude!r} (clicked or interacted)")
     users = pd.read_parquet(require(paths.user_features, "fit_retrieval"))
     items = pd.read_parquet(require(paths.item_features, "fit_retrieval"))
     user_ids = users["user_id"].to_numpy()
@@ -102,6 +126,14 @@ def load_catalog(paths: RunPaths) -> Catalog:
     user_rows = _row_lookup(user_ids)[clicks["user_id"].to_numpy()]
     item_rows = _row_lookup(item_ids)[clicks["item_id"].to_numpy()]
     indptr, seen_items = seen_csr(user_rows, item_rows, len(user_ids))
+    clickers = np.bincount(seen_items, minlength=len(item_ids))
+    if exclude == "interacted":
+        shown = read_processed(require(paths.train, "transform"), columns=["user_id", "item_id"])
+        shown_users = _rows_or_missing(_row_lookup(user_ids), shown["user_id"].to_numpy())
+        shown_items = _rows_or_missing(_row_lookup(item_ids), shown["item_id"].to_numpy())
+        known = (shown_users >= 0) & (shown_items >= 0)
+        indptr, seen_items = seen_csr(np.concatenate([user_rows, shown_users[known]]),
+                                      np.concatenate([item_rows, shown_items[known]]), len(user_ids))
     return Catalog(
         # The tables' columns are the run's input contract (id, declared features, raw id).
         user_features={c: users[c].to_numpy() for c in users.columns},
@@ -110,4 +142,5 @@ def load_catalog(paths: RunPaths) -> Catalog:
         item_embeddings=item_embeddings,
         seen_indptr=indptr,
         seen_items=seen_items,
+        item_clickers=clickers,
     )

@@ -2,8 +2,9 @@
 
 For each chunk: top-K unseen candidates per user (:mod:`recsys_tasks.scoring.candidates`: on a CPU the tiled
 kernel of :mod:`recsys_tasks.scoring.kernels.topk` or a FAISS index, on a GPU TensorFlow), every (user, candidate) pair
-scored by the DLRM (:mod:`recsys_tasks.scoring.ranker`), candidates reordered by DLRM score, top-N kept,
-encoded ids mapped back to raw ids. The result streams to ``scoring/recommendations/part-<shard>.parquet``
+scored by the DLRM (:mod:`recsys_tasks.scoring.ranker`) when the run's blend weighs it, candidates reordered by
+the blend fitted on validation in the plan (:mod:`recsys_tasks.scoring.blend`), top-N kept, encoded ids mapped
+back to raw ids. The result streams to ``scoring/recommendations/part-<shard>.parquet``
 chunk by chunk, so memory does not grow with the number of users. Users are split into
 ``scoring.num_shards`` contiguous shards (one part each): in Airflow every shard is its own mapped task
 (``plan_shards`` -> ``score_shard`` x N -> ``collect_shards``); the CLI's ``score`` runs the same three
@@ -36,6 +37,7 @@ from ..runtime import (
     write_json,
     write_summary,
 )
+from .blend import Blend, fit_blend, fixed_blend
 from .candidates import attach_index, retrieval_kernel, retrieve
 from .catalog import Catalog, embedding_matrix, load_catalog
 from .ranker import make_ranker, pair_features, rank_pairs
@@ -45,23 +47,34 @@ log = get_logger("score")
 
 def score_chunk(
     catalog: Catalog, model: Any, user_rows: np.ndarray, top_k: int, top_n: int, rank_batch_rows: int,
-    kernel: str = "auto",
+    kernel: str = "auto", blend: Blend | None = None,
 ) -> dict[str, Any]:
-    """Recommendations for one chunk of users: raw user ids, raw item ids best first, DLRM scores.
+    """Recommendations for one chunk of users: raw user ids, raw item ids best first, their final scores.
 
-    ``model`` is the DLRM (run whole on every pair) or a ranker of :mod:`recsys_tasks.scoring.ranker`.
+    ``model`` is the DLRM (run whole on every pair) or a ranker of :mod:`recsys_tasks.scoring.ranker`;
+    ``blend`` the final order (None: the DLRM order, whose scores are click probabilities).
     """
-    candidate_rows, _ = retrieve(catalog, user_rows, top_k, kernel)
-    if callable(model) and not hasattr(model, "predict"):
-        ranked = model(user_rows, candidate_rows)
+    candidate_rows, retrieval_scores = retrieve(catalog, user_rows, top_k, kernel)
+    probabilities = None
+    if blend is None or blend.uses_dlrm:
+        if callable(model) and not hasattr(model, "predict"):
+            probabilities = model(user_rows, candidate_rows)
+        else:
+            probabilities = rank_pairs(model, pair_features(catalog, user_rows, candidate_rows), rank_batch_rows)
+            probabilities = probabilities.reshape(candidate_rows.shape)
+    if blend is None:
+        ranked = probabilities
     else:
-        ranked = rank_pairs(model, pair_features(catalog, user_rows, candidate_rows), rank_batch_rows)
-        ranked = ranked.reshape(candidate_rows.shape)
+        retrieval_scores = np.where(candidate_rows >= 0, retrieval_scores, 0.0)
+        ranked = blend.combine(retrieval_scores, probabilities, catalog.popularity_prior[np.maximum(candidate_rows, 0)])
     ranked[candidate_rows < 0] = -np.inf
     # Stable sort keeps retrieval order between equal DLRM scores.
     order = np.argsort(-ranked, axis=1, kind="stable")[:, :top_n]
     best_rows = np.take_along_axis(candidate_rows, order, axis=1)
     best_scores = np.take_along_axis(ranked, order, axis=1)
+    if blend is not None:
+        # Into (0, 1), order kept: one range for every published score (and the store's fast float path).
+        best_scores = (1.0 / (1.0 + np.exp(-best_scores.astype(np.float64)))).astype(np.float32)
     item_raw = catalog.item_features["item_id_raw"]
     if (best_rows >= 0).all():
         # The usual case: whole lists, converted in one C call instead of one per user.
@@ -109,11 +122,12 @@ def shard_rows(num_users: int, num_shards: int, shard_index: int) -> np.ndarray:
     return np.arange(shard_index * num_users // num_shards, (shard_index + 1) * num_users // num_shards)
 
 
-def plan_shards(config: Config, run_dir: str | Path) -> dict[str, Any]:
-    """Start a scoring pass: clear every part of an earlier pass and record how many shards this one has.
+def plan_shards(config: Config, run_dir: str | Path, inputs: tuple[Catalog, Any] | None = None) -> dict[str, Any]:
+    """Start a scoring pass: clear every part of an earlier pass, fit the blend, record how many shards there are.
 
     Runs once before the shards, so a part left by an earlier attempt with more shards cannot leak
-    into this run's recommendations, and no shard ever deletes another shard's part.
+    into this run's recommendations, and no shard ever deletes another shard's part. ``inputs``: the
+    catalog and DLRM when the caller has them loaded (else they are read here, for the blend's fit).
     """
     import pyarrow.parquet as pq
 
@@ -139,9 +153,22 @@ def plan_shards(config: Config, run_dir: str | Path) -> dict[str, Any]:
         write_index(index, paths.ann_index(kernel))
         plan["ann_index"] = str(paths.ann_index(kernel))
     plan["retrieval_kernel"] = kernel
+    if config.scoring.blend == "fit":
+        catalog, model = inputs if inputs is not None else _load_inputs(paths, config.scoring)
+        if kernel in ("ivf", "hnsw") and catalog.ann_index is None:
+            attach_index(catalog, kind=kernel, settings=config.scoring, path=paths.ann_index(kernel))
+        ranker = make_ranker(model, catalog, config.scoring.rank_batch_rows, config.scoring.factored_ranking)
+        plan["blend"] = fit_blend(catalog, ranker, require(paths.valid, "transform"), config.scoring, kernel)
+    else:
+        plan["blend"] = fixed_blend(config.scoring.blend)
     write_json(paths.scoring_plan, plan)
     log.info("scoring plan: %d users in %d shard(s)", users, num_shards)
     return plan
+
+
+def plan_blend(plan: dict[str, Any]) -> Blend | None:
+    """The plan's fitted blend (None for a plan written before blends: the DLRM order)."""
+    return Blend.from_json(plan["blend"]["chosen"]) if "blend" in plan else None
 
 
 def read_plan(paths: RunPaths) -> dict[str, Any]:
@@ -149,7 +176,8 @@ def read_plan(paths: RunPaths) -> dict[str, Any]:
 
 
 def _score_part(
-    catalog: Catalog, model: Any, settings: Any, paths: RunPaths, shard_index: int, num_shards: int
+    catalog: Catalog, model: Any, settings: Any, paths: RunPaths, shard_index: int, num_shards: int,
+    blend: Blend | None = None,
 ) -> dict[str, Any]:
     """Score one shard's users and atomically replace that shard's part (and only that part)."""
     import pyarrow as pa
@@ -163,7 +191,8 @@ def _score_part(
     if kernel in ("ivf", "hnsw") and catalog.ann_index is None:
         attach_index(catalog, kind=kernel, settings=settings, path=require(paths.ann_index(kernel), "score (planning)"))
 
-    ranker = make_ranker(model, catalog, settings.rank_batch_rows, settings.factored_ranking)
+    ranker = make_ranker(model, catalog, settings.rank_batch_rows, settings.factored_ranking) \
+        if blend is None or blend.uses_dlrm else None
     log.info("shard %d/%d: %d users, retrieval kernel %s", shard_index + 1, num_shards, len(rows), kernel)
     users_done, short_lists, started = 0, 0, time.perf_counter()
     next_report = started
@@ -171,7 +200,7 @@ def _score_part(
         for chunk_start in range(0, len(rows), settings.user_chunk_size):
             user_rows = rows[chunk_start:chunk_start + settings.user_chunk_size]
             chunk = score_chunk(catalog, ranker, user_rows, settings.top_k, settings.top_n, settings.rank_batch_rows,
-                                kernel)
+                                kernel, blend)
             writer.write_table(pa.Table.from_pydict(chunk, schema=schema))
             users_done += len(user_rows)
             short_lists += sum(len(r) < settings.top_n for r in chunk["recommendations"])
@@ -204,7 +233,7 @@ def _load_inputs(paths: RunPaths, settings: Any) -> tuple[Catalog, Any]:
     # The model first: restoring a SavedModel briefly takes ~1 GB more than the loaded model holds, so
     # doing it before the catalog exists keeps a million users' tables out of the stage's peak memory.
     model = load_dlrm(require(paths.dlrm, "fit_ranking"))
-    catalog = load_catalog(paths)
+    catalog = load_catalog(paths, settings.exclude)
     if catalog.num_items < settings.top_n:
         raise InputDataError(
             f"{paths.item_features}: the catalog has {catalog.num_items} items, fewer than "
@@ -234,7 +263,8 @@ def score_shard(config: Config, run_dir: str | Path, shard_index: int) -> dict[s
     reset_ok, cpu_at_start = reset_peak_rss(), cpu_seconds()
     catalog, model = _load_inputs(paths, config.scoring)
     _check_plan_matches(paths, plan, catalog)
-    summary = {"device": used, **_score_part(catalog, model, config.scoring, paths, shard_index, plan["num_shards"]),
+    summary = {"device": used, **_score_part(catalog, model, config.scoring, paths, shard_index, plan["num_shards"],
+                                             plan_blend(plan)),
                "resources": {**memory_usage(reset_ok, None), "cpu_seconds": round(cpu_seconds() - cpu_at_start, 2),
                              "loadavg": load_average()}}
     write_json(paths.shard_summary(shard_index), summary)
@@ -277,6 +307,9 @@ def collect_parts(config: Config, paths: RunPaths) -> dict[str, Any]:
         "slowest_shard_s": busiest,
         "generated_at": max(s["generated_at"] for s in shards),
         "recommendations": str(paths.recommendations),
+        "blend": plan.get("blend"),
+        "scores": "sigmoid of the blend's score: a ranking score in (0, 1), higher first, comparable within a "
+        "list only (not a click probability)" if plan.get("blend") else "DLRM click probability",
     }
 
 
@@ -301,9 +334,9 @@ def score(config: Config, paths: RunPaths) -> dict[str, Any]:
     quiet_tensorflow()
     settings = config.scoring
     catalog, model = _load_inputs(paths, settings)
-    plan = plan_shards(config, paths.root)
+    plan = plan_shards(config, paths.root, (catalog, model))
     _check_plan_matches(paths, plan, catalog)
     for shard_index in plan["shards"]:
-        summary = _score_part(catalog, model, settings, paths, shard_index, plan["num_shards"])
+        summary = _score_part(catalog, model, settings, paths, shard_index, plan["num_shards"], plan_blend(plan))
         write_json(paths.shard_summary(shard_index), {"device": device(), **summary})
     return collect_parts(config, paths)

@@ -271,7 +271,10 @@ def load_redis(config: Config, run_dir: str | Path, client: Any, *, run_id: str,
         # value), exactly the planned shard parts, and the quality gate.
         user_ids = check_recommendations(recommendations)
         collect_parts(config, paths)
-        report, gate = quality.enforce(paths, config.quality)
+        # The gate compares with the lists live now (the manifest's run); read with the load's retries.
+        with resilient(client, config.store):
+            live = with_tries(config.store, "reading the manifest", lambda: read_manifest(client, config.store))
+        report, gate = quality.enforce(paths, config.quality, live, run_id)
         fallback = json.loads(require(paths.fallback_list, "evaluate").read_text())
         result = publish(
             client, recommendations, config.store, run_id=run_id, logical_date=logical_date, generated_at=generated_at,

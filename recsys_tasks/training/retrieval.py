@@ -174,7 +174,12 @@ def fit_retrieval(config: Config, paths: RunPaths) -> dict[str, Any]:
     model.query_encoder.save(str(paths.query_tower))
 
     return {
-        "metrics": metrics,
+        # Named apart from evaluate's recall@k (per user, seen items masked, exported corrected embeddings):
+        # one name, one definition across the summaries, the report and the gate.
+        "metrics": {f"tower_{name}_per_click_unmasked": value for name, value in metrics.items()},
+        "metrics_definition": "Merlin's top-k metrics of the query tower (no popularity correction) over the full "
+                              "catalog, averaged over validation click rows, training clicks NOT masked; the "
+                              "report's recall@k (evaluate) is per user with training clicks masked",
         "train_rows": rows,
         **trained,
         "users": int(len(user_table)),
