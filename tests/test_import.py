@@ -56,6 +56,7 @@ def test_ratings_become_daily_partitions_with_empty_days_and_manifests(tmp_path)
     assert summary["days"] == 6 and summary["empty_days"] == ["2026-03-04"]
     assert summary["rows"] == 6 and summary["clicks"] == 3  # ratings 5, 4, 4 reach the threshold
     assert summary["settings"]["data.user_features"] == "age,gender"
+    assert summary["settings"]["scoring.exclude"] == "interacted"  # a rated item is not recommended again
     empty = tmp_path / "parts" / "dt=2026-03-04"
     assert json.loads((empty / MANIFEST_NAME).read_text())["rows"] == 0
     assert len(pd.read_parquet(empty / "part-0.parquet")) == 0

@@ -267,6 +267,10 @@ def import_interactions(spec: ImportSpec) -> dict[str, Any]:
     settings = {"data.source": "parquet", "data.partition_root": str(spec.root.resolve()),
                 "data.user_features": declared.get("user_features", ""),
                 "data.item_features": declared.get("item_features", "")}
+    if spec.rating_col:
+        # Every rating is an impression the user chose to make: an item they rated, liked or not, is not
+        # recommended to them again (docs/quality-and-gate.md, "What is excluded from a list").
+        settings["scoring.exclude"] = "interacted"
     return {
         "root": str(spec.root.resolve()), "source": str(path), "timezone": spec.timezone,
         "first_day": first.isoformat(), "last_day": last.isoformat(), "days": len(written),

@@ -146,7 +146,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     peers = tune_and_rank_peers(ratings, args.top_n, args.quick, args.seed)
     test_users = peers["test_users"]
     pipeline = run_pipeline(config, work / "run", test_users)
-    train_clicks = ratings[(ratings["part"] == "train") & (ratings["rating"] >= RATING_THRESHOLD)]
+    # The retrieval order excludes what scoring excludes (scoring.exclude): training clicks, or every rating.
+    train = ratings[ratings["part"] == "train"]
+    train_clicks = train if config.scoring.exclude == "interacted" else train[train["rating"] >= RATING_THRESHOLD]
     fallback = pipeline["fallback"]["recommendations"] if pipeline["fallback"] else []
     lists = {
         "published": published_lists(pipeline["documents"], test_users, args.top_n),
@@ -175,7 +177,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                      "every item rated before the test days excluded",
             "published": "JSON.GET of each test user's document, the fallback list for users without one "
                          f"({fallback_users} of {len(test_users)} users)",
-            "retrieval_order": "the run's exported Two-Tower embeddings, training clicks excluded (as scoring)",
+            "retrieval_order": "the run's exported Two-Tower embeddings, with scoring.exclude's exclusion (as scoring)",
             "catalog_size": peers["catalog_size"],
         },
         "pipeline": {"settings": {k: v for k, v in config.to_dict().items() if k in ("data", "retrieval", "ranking",
