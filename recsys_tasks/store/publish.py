@@ -23,26 +23,21 @@ from ..paths import RunPaths, require
 from ..runtime import get_logger, read_summary, timed, write_summary
 from . import keys
 from .capacity import check_capacity, require_json_module, sample_memory
+from .connect import require_single_node
+from .durability import write_confirmed
 from .errors import RedisUnavailableError, StoreOutOfMemoryError
+from .fence import parse_logical_date
 from .lock import LoadLock
 from .reader import read_manifest
 from .resilience import resilient, transient_errors, with_tries
 from .source import check_recommendations, iter_recommendation_batches
-from .writer import ProgressCallback, write_documents
+from .writer import ProgressCallback
 
 log = get_logger("load_redis")
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def parse_logical_date(value: str, what: str) -> datetime:
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise ValueError(f"{what} {value!r} is not an ISO-8601 date/time") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def publish_decision(manifest: dict[str, Any] | None, logical_date: str, settings: StoreConfig) -> tuple[bool, str]:
@@ -154,6 +149,13 @@ def sample_documents(path: Path, settings: StoreConfig, run_fields: dict[str, st
                                            **run_fields), separators=(",", ":")) for i in sorted(set(picks))]
 
 
+def _written(acknowledged: int, users: int) -> str:
+    if not acknowledged:
+        return f"0 of {users} documents of this run were written"
+    return (f"{acknowledged} of {users} documents acknowledged, each a whole document of this run (the rest "
+            "keep the previous run's)")
+
+
 def _named(manifest: dict[str, Any] | None) -> str:
     if not manifest:
         return "no run (nothing was published before)"
@@ -191,7 +193,8 @@ def publish(
 
     with resilient(client, settings):
         try:
-            with_tries(settings, "reaching Redis", lambda: require_json_module(client, settings))
+            with_tries(settings, "reaching Redis", lambda: (require_single_node(client),
+                                                            require_json_module(client, settings)))
             with LoadLock(client, settings, owner=run_id) as lock:
                 current = read_manifest(client, settings)
                 go, reason = publish_decision(current, logical_date, settings)
@@ -203,7 +206,8 @@ def publish(
                 capacity = (check_capacity(client, settings, user_ids, sample_documents(path, settings, run_fields))
                             if settings.capacity_check else {"skipped": "store.capacity_check is false"})
                 started = time.perf_counter()
-                counts = write_documents(client, path, settings, run_fields, on_progress=progress)
+                counts = write_confirmed(client, path, settings, run_fields, total=users, on_progress=progress,
+                                         check_lock=lock.check)
                 lock.ensure_held()
                 if counts["written"] != users:
                     raise RuntimeError(f"{path}: wrote {counts['written']} documents, expected {users}")
@@ -222,17 +226,17 @@ def publish(
         except (StoreOutOfMemoryError, redis.exceptions.OutOfMemoryError) as exc:
             raise StoreOutOfMemoryError(
                 f"Redis ran out of memory after {acknowledged[0]} of {users} documents of run {run_id!r} ({exc}). "
-                f"{settings.manifest_key} still names {_named(current)}; the documents written are whole "
-                "documents of this run. Free memory or raise maxmemory, then rerun the load: it completes the run"
+                f"{settings.manifest_key} still names {_named(current)}; {_written(acknowledged[0], users)}. "
+                "Free memory or raise maxmemory, then rerun the load: it completes the run"
             ) from exc
         except redis.AuthenticationError:
             raise
         except (RedisUnavailableError, *transient_errors()) as exc:
+            cause = str(exc) if isinstance(exc, RedisUnavailableError) else (
+                f"Redis unreachable after {settings.retry_attempts} tries ({type(exc).__name__}: {exc})")
             raise RedisUnavailableError(
-                f"Redis unreachable after {settings.retry_attempts} tries ({type(exc).__name__}: {exc}); "
-                f"{acknowledged[0]} of {users} documents acknowledged. {settings.manifest_key} still names the "
-                "previous run; the documents already written are whole documents of this run; rerunning the load "
-                "completes it"
+                f"{cause}; {_written(acknowledged[0], users)}. {settings.manifest_key} still names "
+                f"{_named(current)}; rerunning the load completes it"
             ) from exc
     log.info("loaded %d documents in %.1fs (%.0f keys/s); %s", users, elapsed, users / max(elapsed, 1e-9),
              json.dumps({**leftovers, **memory}))
@@ -244,6 +248,8 @@ def publish(
         "keys_per_s": round(users / max(elapsed, 1e-9), 1),
         "avg_document_bytes": round(counts["payload_bytes"] / max(users, 1), 1),
         "replayed": counts["replayed"],
+        "read_back_replayed": counts["read_back_replayed"],
+        "replicas": counts["replicas"],
         **leftovers,
         **memory,
         "capacity": capacity,
