@@ -22,14 +22,14 @@ from ..evaluation.report import summary_lines
 from ..paths import RunPaths, require
 from ..runtime import get_logger, read_summary, timed, write_summary
 from . import keys
-from .capacity import check_capacity, require_json_module, sample_memory
+from .capacity import check_capacity, check_evictions, memory_of_masters, require_json_module, sample_memory
 from .connect import require_single_node
 from .durability import write_confirmed
 from .errors import RedisUnavailableError, StoreOutOfMemoryError
 from .fence import parse_logical_date
 from .lock import LoadLock
 from .reader import read_manifest
-from .resilience import resilient, transient_errors, with_tries
+from .resilience import covering_failover, resilient, transient_errors, with_tries
 from .source import check_recommendations, iter_recommendation_batches
 from .writer import ProgressCallback
 
@@ -138,15 +138,39 @@ def write_fallback(client: Any, settings: StoreConfig, fallback: dict[str, Any],
     pipe.execute()
 
 
+PROBE_DOCUMENTS = 2000
+
+
 def sample_documents(path: Path, settings: StoreConfig, run_fields: dict[str, str]) -> list[str]:
-    """Up to ``memory_sample_keys`` documents of this run as they will be stored, spread over its first chunk."""
+    """The capacity probe: ``max(memory_sample_keys, 200)`` documents of this run as they will be stored, spread
+    over its first rows (fewer bring allocator noise of +-15%)."""
     import numpy as np
 
-    batch = next(iter_recommendation_batches(path, max(settings.pipeline_chunk_keys, 1)))
+    wanted = max(settings.memory_sample_keys, PROBE_DOCUMENTS)
+    batch = next(iter_recommendation_batches(path, max(settings.pipeline_chunk_keys, wanted)))
     rows = batch.to_pylist()
-    picks = np.linspace(0, len(rows) - 1, min(max(settings.memory_sample_keys, 1), len(rows))).astype(int)
+    picks = np.linspace(0, len(rows) - 1, min(wanted, len(rows))).astype(int)
     return [json.dumps(keys.build_document(rows[i]["user_id"], rows[i]["recommendations"], rows[i]["scores"],
                                            **run_fields), separators=(",", ":")) for i in sorted(set(picks))]
+
+
+def _memory_or_none(client: Any) -> dict[str, dict[str, Any]] | None:
+    """Every master's memory figures, or None (logged) when the user may not run INFO."""
+    from .errors import StoreError
+
+    try:
+        return memory_of_masters(client)
+    except StoreError as exc:
+        log.warning("not checking evictions: %s", exc)
+        return None
+
+
+def _with_real_growth(capacity: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The pre-flight's estimate beside what ``used_memory`` really grew by during the load, and their ratio."""
+    real = sum(after[n]["used_memory"] - before[n]["used_memory"] for n in after if n in before)
+    estimate = capacity.get("estimate_bytes")
+    return {**capacity, "real_growth_bytes": real,
+            "estimate_vs_real": round(estimate / real, 3) if estimate and real > 0 else None}
 
 
 def _written(acknowledged: int, users: int) -> str:
@@ -193,6 +217,7 @@ def publish(
 
     with resilient(client, settings):
         try:
+            settings = with_tries(settings, "reaching Redis", lambda: covering_failover(client, settings))
             with_tries(settings, "reaching Redis", lambda: (require_single_node(client),
                                                             require_json_module(client, settings)))
             with LoadLock(client, settings, owner=run_id) as lock:
@@ -205,6 +230,7 @@ def publish(
                 log.info("publishing run %r: %s", run_id, reason)
                 capacity = (check_capacity(client, settings, user_ids, sample_documents(path, settings, run_fields))
                             if settings.capacity_check else {"skipped": "store.capacity_check is false"})
+                memory_before = _memory_or_none(client)
                 started = time.perf_counter()
                 counts = write_confirmed(client, path, settings, run_fields, total=users, on_progress=progress,
                                          check_lock=lock.check)
@@ -216,6 +242,10 @@ def publish(
                 elapsed = time.perf_counter() - started
                 leftovers = sweep_leftovers(client, settings, user_ids, logical_date, delete_newer=settings.force)
                 memory = sample_memory(client, settings, user_ids)
+                memory_after = _memory_or_none(client) if memory_before is not None else None
+                if memory_after is not None:
+                    check_evictions(memory_before, memory_after)
+                    capacity = _with_real_growth(capacity, memory_before, memory_after)
                 forced_by = ["date"] if settings.force and reason.startswith("FORCED") else []
                 forced_by += ["quality"] if quality_forced else []
                 manifest = keys.manifest_document(
