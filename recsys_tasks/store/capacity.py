@@ -216,6 +216,10 @@ def check_capacity(client: Any, settings: StoreConfig, user_ids: Any, documents:
 
     nodes = _primaries(client)
     memory_of = {name: _memory_info(name, node) for name, node in nodes.items()}  # INFO first: ACL errors write nothing
+    frees = [m["maxmemory"] - m["used_memory"] for m in memory_of.values() if m["maxmemory"]]
+    if frees:  # the probe (written twice) takes at most a fifth of the smallest headroom
+        fitting = int(0.2 * max(min(frees), 0) / (2 * 3 * max(len(documents[0]), 1)))
+        documents = documents[:max(fitting, 20)]
     try:
         key_length = len(settings.key_prefix) + float(np.mean([len(str(int(u))) for u in user_ids[::max(
             len(user_ids) // 1000, 1)]]))
@@ -224,7 +228,7 @@ def check_capacity(client: Any, settings: StoreConfig, user_ids: Any, documents:
         raise CapacityError(
             f"Redis is out of memory before this run wrote anything (a probe batch of {len(documents)} documents "
             f"was refused: {exc}); {len(user_ids)} users need about {len(user_ids) * 2 * len(documents[0]):,} bytes "
-            "more. Nothing was written"
+            "more. Nothing was written (the probe's keys were deleted)"
         ) from exc
     except redis.ResponseError as exc:
         if "unknown command" in str(exc).lower():
