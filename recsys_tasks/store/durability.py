@@ -47,10 +47,16 @@ def _parse_reply(buffer: bytearray, position: int) -> tuple[Any, int] | None:
 
 
 def _read_replies(name: str, connection: Any, count: int, fast: bytes | None) -> list[Any] | None:
-    """``count`` replies from ``connection``; None when they are exactly ``fast`` (every row as expected)."""
+    """``count`` replies from ``connection``; None when they are exactly ``fast`` (every row as expected).
+
+    Bytes are received while they still match ``fast``; at the first difference the replies are
+    parsed one by one (a missing key's reply is shorter than the expected one).
+    """
     buffer = bytearray()
     if fast is not None:
-        receive(name, connection, buffer, len(fast))
+        receive(name, connection, buffer, 1)
+        while len(buffer) < len(fast) and fast.startswith(buffer):
+            receive(name, connection, buffer, len(buffer) + 1)
         if buffer == fast:
             return None
     replies, position = [], 0
@@ -81,26 +87,31 @@ def _node_replicas(client: Any, name: str) -> int:
 
 def wait_for_replicas(writer: PipelinedWriter, settings: StoreConfig) -> dict[str, dict[str, int]]:
     """``WAIT`` on every connection the writer wrote through; raises :class:`DurabilityError` when a master's
-    replicas acknowledged fewer than required within ``store.replica_ack_timeout_s``."""
+    replicas still acknowledged fewer than required after ``store.retry_attempts`` tries of
+    ``store.replica_ack_timeout_s`` each (a replica resyncing after a failover catches up meanwhile)."""
     timeout_ms = int(1000 * min(settings.replica_ack_timeout_s, 0.8 * settings.socket_timeout_s))
     acks = {}
     for name in writer.route.connected_names():
-        wanted = settings.min_replicas_acked
-        if wanted < 0:
-            wanted = min(1, _node_replicas(writer.client, name))
-        if wanted == 0:
-            acks[name] = {"required": 0, "acknowledged": 0}
-            continue
-        connection = writer.route.connection(name)
-        connection.send_packed_command(connection.pack_command("WAIT", wanted, timeout_ms), check_health=False)
-        value = (_read_replies(name, connection, 1, None) or [b"0"])[0]
-        if isinstance(value, Exception):
-            raise StoreError(f"{name} refused WAIT: {value}")
-        acks[name] = {"required": wanted, "acknowledged": int(value)}
-        if int(value) < wanted:
-            raise DurabilityError(
-                f"{name}: only {int(value)} of the {wanted} required replica(s) acknowledged this load's writes "
-                f"within {timeout_ms} ms (store.min_replicas_acked); its writes could be lost in a failover")
+        for attempt in range(1, settings.retry_attempts + 1):
+            wanted = settings.min_replicas_acked
+            if wanted < 0:
+                wanted = min(1, _node_replicas(writer.client, name))
+            if wanted == 0:
+                acks[name] = {"required": 0, "acknowledged": 0}
+                break
+            connection = writer.route.connection(name)
+            connection.send_packed_command(connection.pack_command("WAIT", wanted, timeout_ms), check_health=False)
+            value = (_read_replies(name, connection, 1, None) or [b"0"])[0]
+            if isinstance(value, Exception):
+                raise StoreError(f"{name} refused WAIT: {value}")
+            acks[name] = {"required": wanted, "acknowledged": int(value)}
+            if int(value) >= wanted:
+                break
+            message = (f"{name}: only {int(value)} of the {wanted} required replica(s) acknowledged this load's "
+                       f"writes within {timeout_ms} ms (store.min_replicas_acked)")
+            if attempt == settings.retry_attempts:
+                raise DurabilityError(f"{message}, {attempt} tries; its writes could be lost in a failover")
+            wait_before_retry(settings, attempt, DurabilityError(message), "waiting for the replicas")
     return acks
 
 
@@ -183,7 +194,8 @@ def read_back(writer: PipelinedWriter, settings: StoreConfig, chunks: list[tuple
 
 def write_confirmed(client: Any, path: Any, settings: StoreConfig, run_fields: dict[str, str], *, total: int,
                     on_progress: ProgressCallback | None = None,
-                    check_lock: Callable[[], None] | None = None) -> dict[str, Any]:
+                    check_lock: Callable[[], None] | None = None,
+                    after_write: Callable[[], None] | None = None) -> dict[str, Any]:
     """Write every document of ``path``, wait for the replicas, read every key back, and replay what is missing.
 
     Returns the counts of :func:`recsys_tasks.store.writer.write_documents` plus ``replicas`` (per master:
@@ -196,6 +208,8 @@ def write_confirmed(client: Any, path: Any, settings: StoreConfig, run_fields: d
     try:
         chunks, payload_bytes = stream_documents(writer, path, settings, run_fields, check_lock=check_lock)
         written = writer.finish()
+        if after_write is not None:  # e.g. the eviction check: before a read-back would replay evicted documents
+            after_write()
         replicas = wait_for_replicas(writer, settings)
         for attempt in range(settings.retry_attempts + 1):
             if not settings.verify_writes:

@@ -25,7 +25,14 @@ from . import keys
 from .capacity import check_capacity, check_evictions, memory_of_masters, require_json_module, sample_memory
 from .connect import require_single_node
 from .durability import write_confirmed
-from .errors import RedisUnavailableError, StoreOutOfMemoryError
+from .errors import (
+    DurabilityError,
+    EvictionError,
+    LockLostError,
+    RedisUnavailableError,
+    StoreOutOfMemoryError,
+    SupersededError,
+)
 from .fence import parse_logical_date
 from .lock import LoadLock
 from .reader import read_manifest
@@ -231,9 +238,14 @@ def publish(
                 capacity = (check_capacity(client, settings, user_ids, sample_documents(path, settings, run_fields))
                             if settings.capacity_check else {"skipped": "store.capacity_check is false"})
                 memory_before = _memory_or_none(client)
+
+                def no_evictions() -> None:
+                    if memory_before is not None:
+                        check_evictions(memory_before, memory_of_masters(client))
+
                 started = time.perf_counter()
                 counts = write_confirmed(client, path, settings, run_fields, total=users, on_progress=progress,
-                                         check_lock=lock.check)
+                                         check_lock=lock.check, after_write=no_evictions)
                 lock.ensure_held()
                 if counts["written"] != users:
                     raise RuntimeError(f"{path}: wrote {counts['written']} documents, expected {users}")
@@ -259,6 +271,9 @@ def publish(
                 f"{settings.manifest_key} still names {_named(current)}; {_written(acknowledged[0], users)}. "
                 "Free memory or raise maxmemory, then rerun the load: it completes the run"
             ) from exc
+        except (DurabilityError, EvictionError, SupersededError, LockLostError) as exc:
+            raise type(exc)(f"{exc}. {_written(acknowledged[0], users)}; {settings.manifest_key} was not written by "
+                            f"this load (it named {_named(current)} when the load began)") from exc
         except redis.AuthenticationError:
             raise
         except (RedisUnavailableError, *transient_errors()) as exc:

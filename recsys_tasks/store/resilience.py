@@ -157,10 +157,21 @@ def resilient(client: Any, settings: StoreConfig) -> Iterator[Any]:
     for name, value in previous_timeouts.items():
         if value is None:
             kwargs[name] = settings.socket_timeout_s
+    # Connections already in the pool keep the timeouts they were made with: give them ours too.
+    available = list(getattr(client.connection_pool, "_available_connections", []))
+    pooled = [c for c in available if c.socket_timeout is None]
+    for connection in pooled:
+        connection.socket_timeout = connection.socket_connect_timeout = settings.socket_timeout_s
+        if connection._sock is not None:
+            connection._sock.settimeout(settings.socket_timeout_s)
     client.set_retry(load_retry(settings))
     try:
         yield client
     finally:
+        for connection in pooled:
+            connection.socket_timeout = connection.socket_connect_timeout = None
+            if connection._sock is not None:
+                connection._sock.settimeout(None)
         if previous_retry is None:
             client.set_retry(single_try())  # what redis-py gives a connection without a policy
             kwargs["retry"] = None
