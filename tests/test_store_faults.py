@@ -331,6 +331,8 @@ def test_a_plain_url_at_a_cluster_node_is_refused_before_anything_is_written(clu
     assert main(["load_redis", "--run-dir", str(run.root), "--redis-url", f"redis://127.0.0.1:{port}"]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith("error: WrongClientError: 127.0.0.1:") and "--debug" in lines[-1]
+    with pytest.raises(WrongClientError):  # --debug: the traceback
+        main(["load_redis", "--run-dir", str(run.root), "--redis-url", f"redis://127.0.0.1:{port}", "--debug"])
     assert sum(node.dbsize() for node in nodes_of(cluster_client)) == 0
 
 

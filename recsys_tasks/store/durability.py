@@ -46,18 +46,20 @@ def _parse_reply(buffer: bytearray, position: int) -> tuple[Any, int] | None:
     return line, end + 2
 
 
-def _read_replies(name: str, connection: Any, count: int, fast: bytes | None) -> list[Any] | None:
+def _read_replies(name: str, connection: Any, count: int, fast: bytes | None,
+                  buffer: bytearray | None = None) -> list[Any] | None:
     """``count`` replies from ``connection``; None when they are exactly ``fast`` (every row as expected).
 
     Bytes are received while they still match ``fast``; at the first difference the replies are
-    parsed one by one (a missing key's reply is shorter than the expected one).
+    parsed one by one (a missing key's reply is shorter than the expected one). ``buffer`` holds bytes
+    already received from this connection (later requests' replies are left in it).
     """
-    buffer = bytearray()
+    buffer = bytearray() if buffer is None else buffer
     if fast is not None:
-        receive(name, connection, buffer, 1)
         while len(buffer) < len(fast) and fast.startswith(buffer):
             receive(name, connection, buffer, len(buffer) + 1)
-        if buffer == fast:
+        if buffer[:len(fast)] == fast:
+            del buffer[:len(fast)]
             return None
     replies, position = [], 0
     while len(replies) < count:
@@ -67,6 +69,7 @@ def _read_replies(name: str, connection: Any, count: int, fast: bytes | None) ->
             continue
         value, position = parsed
         replies.append(value)
+    del buffer[:position]
     return replies
 
 
@@ -128,6 +131,46 @@ def _get_commands(key_names: Any) -> bytes:
     return payload(commands)
 
 
+class _ReadRound:
+    """One round of the read-back: reads a request's replies, sorting its rows into missing / to retry."""
+
+    def __init__(self, route: Any, rex: Any, stored: bytes, missing: dict[int, list[int]],
+                 again: list[tuple[int, Any]]) -> None:
+        self.route, self.rex, self.stored, self.missing, self.again = route, rex, stored, missing, again
+        self.row_reply = b"$%d\r\n%s\r\n" % (len(stored), stored)
+        self.down: set[str] = set()
+        self.buffers: dict[str, bytearray] = collections.defaultdict(bytearray)
+
+    def read(self, request: tuple[int, str, Any]) -> BaseException | None:
+        """The replies of one request; returns the error that makes some of its rows retry, if any."""
+        import numpy as np
+
+        index, name, subset = request
+        if name in self.down:
+            self.again.append((index, subset))
+            return None
+        try:
+            replies = _read_replies(name, self.route.connection(name), len(subset), self.row_reply * len(subset),
+                                    self.buffers[name])
+        except (self.rex.ConnectionError, self.rex.TimeoutError) as exc:
+            self.down.add(name)
+            self.route.drop(name)
+            self.again.append((index, subset))
+            return exc
+        redo, error = [], None
+        for row, reply in zip(subset.tolist(), replies or ()):
+            if isinstance(reply, (self.rex.AskError, self.rex.ClusterDownError, self.rex.TryAgainError)):
+                redo.append(row)
+                error = reply
+            elif isinstance(reply, Exception):
+                raise StoreError(f"{name} refused the read-back of this run's documents: {reply}")
+            elif reply != self.stored:
+                self.missing[index].append(row)
+        if redo:
+            self.again.append((index, np.asarray(redo)))
+        return error
+
+
 def read_back(writer: PipelinedWriter, settings: StoreConfig, chunks: list[tuple[Any, Any]],
               run_id: str) -> dict[int, list[int]]:
     """Rows of each chunk whose key does not hold a document of ``run_id`` (missing, or another run's)."""
@@ -136,47 +179,38 @@ def read_back(writer: PipelinedWriter, settings: StoreConfig, chunks: list[tuple
 
     route, rex = writer.route, writer._rex
     stored = json.dumps([run_id], separators=(",", ":")).encode()
-    row_reply = b"$%d\r\n%s\r\n" % (len(stored), stored)
     missing: dict[int, list[int]] = collections.defaultdict(list)
     pending: list[tuple[int, Any]] = [(i, np.arange(len(names))) for i, (names, _) in enumerate(chunks)]
     failures = 0
     while pending:
         again: list[tuple[int, Any]] = []
         error: BaseException | None = None
+        in_flight: collections.deque[tuple[int, str, Any]] = collections.deque()
+        round_ = _ReadRound(route, rex, stored, missing, again)
+        down = round_.down
         for index, rows in pending:
             names, slots = chunks[index]
-            sent = []
+            sent = 0
             for name, picks in route.group(slots[rows]).items():
                 subset = rows if picks is None else rows[picks]
+                if name in down:
+                    again.append((index, subset))
+                    continue
                 try:
                     route.connection(name).send_packed_command(
                         [_get_commands(names.take(pa.array(subset)))], check_health=False)
-                    sent.append((name, subset))
                 except transient_errors() as exc:
-                    route.drop(name)
-                    again.append((index, subset))
-                    error = exc
-            for name, subset in sent:
-                try:
-                    replies = _read_replies(name, route.connection(name), len(subset), row_reply * len(subset))
-                except (rex.ConnectionError, rex.TimeoutError) as exc:
+                    down.add(name)
                     route.drop(name)
                     again.append((index, subset))
                     error = exc
                     continue
-                if replies is None:
-                    continue
-                redo = []
-                for row, reply in zip(subset.tolist(), replies):
-                    if isinstance(reply, (rex.AskError, rex.ClusterDownError, rex.TryAgainError)):
-                        redo.append(row)
-                        error = reply
-                    elif isinstance(reply, Exception):
-                        raise StoreError(f"{name} refused the read-back of this run's documents: {reply}")
-                    elif reply != stored:
-                        missing[index].append(row)
-                if redo:
-                    again.append((index, np.asarray(redo)))
+                in_flight.append((index, name, subset))
+                sent += 1
+            while len(in_flight) > sent:  # one chunk in flight: the servers work while we read and encode
+                error = round_.read(in_flight.popleft()) or error
+        while in_flight:
+            error = round_.read(in_flight.popleft()) or error
         if again:
             failures += 1
             if failures >= settings.retry_attempts:
