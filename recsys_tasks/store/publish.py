@@ -1,4 +1,4 @@
-"""Stage 7, ``load_redis``: validate -> quality gate -> skip/force decision -> capacity -> write -> manifest.
+"""Stage 7, ``load_redis``: validate -> quality gate -> skip/force decision -> capacity -> write -> confirm -> manifest.
 
 Nothing is written unless the whole recommendations directory is valid, the run passes the quality
 gate (:mod:`recsys_tasks.evaluation.gate`) and the capacity pre-flight finds room. Holding the load lock, a
