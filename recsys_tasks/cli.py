@@ -29,30 +29,41 @@ from .stages import run_stage
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-def _redis(url: str) -> Any:
-    """A client for ``url``; ``redis+cluster://host:port`` (``rediss+cluster://`` with TLS) is a Redis Cluster,
-    reached through any of its nodes (the slot map is read from it)."""
-    import redis
+def _redis(url: str, config: Config) -> Any:
+    """A client for ``url`` (``redis+cluster://`` / ``rediss+cluster://``: a Redis Cluster), every wait bounded."""
+    from .store.connect import connect
 
-    scheme, sep, rest = url.partition("://")
-    if sep and scheme in ("redis+cluster", "rediss+cluster"):
-        from redis.cluster import RedisCluster
-
-        return RedisCluster.from_url(f"{scheme.replace('+cluster', '')}://{rest}")
-    return redis.Redis.from_url(url)
+    return connect(url, config.store)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; a configuration error prints one line naming the key (exit status 2), no traceback."""
+    """The command line; a configuration error prints one line naming the key (exit status 2), a store or
+    connection failure one line naming the problem (exit status 1); ``--debug`` shows the traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        return _main(argv)
+        return _main([a for a in argv if a != "--debug"])
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if "--debug" in argv or not _one_line_error(exc):
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (--debug shows the traceback)", file=sys.stderr)
+        return 1
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+def _one_line_error(exc: BaseException) -> bool:
+    """Store errors and connection failures are told in one line; anything else is a bug: its traceback."""
+    import redis
+    from redis.exceptions import RedisClusterException
+
+    from .store.errors import StoreError
+
+    return isinstance(exc, (StoreError, redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError,
+                            RedisClusterException))
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["bench"]:
         from .bench.scoring.runner import main as bench_main
 
@@ -88,6 +99,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
                         "loaded with before, else now); a load older than the published run is skipped unless --force")
     parser.add_argument("--force", action="store_true",
                         help="load_redis: publish even over a newer run (the rollback); same as --set store.force=true")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a store or connection error")
     parser.add_argument("--dag-id", default="offline_batch_recsys", help="show: DAG whose runs live under the root")
     parser.add_argument("--expect-logical-date", default="", help="show: fail unless the manifest names this date")
     parser.add_argument("--root", type=Path, help="make-partitions: directory that receives dt=YYYY-MM-DD/ partitions")
@@ -107,11 +119,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
             parser.error("fetch needs a USER_ID")
         from .store import fetch
 
-        doc = fetch(_redis(args.redis_url), args.user_id, config.store)
+        doc = fetch(_redis(args.redis_url, config), args.user_id, config.store)
         print(json.dumps(doc))
         return 0 if doc is not None else 1
     if args.command == "show":
-        return show(config, _redis(args.redis_url), args.dag_id, args.expect_logical_date)
+        return show(config, _redis(args.redis_url, config), args.dag_id, args.expect_logical_date)
     if args.command == "make-partitions":
         if args.root is None or not args.start:
             parser.error("make-partitions needs --root and --start")
@@ -119,7 +131,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if args.run_dir is None:
         parser.error(f"{args.command} needs --run-dir")
     names = STAGES if args.command == "run" else (args.command,)
-    client = _redis(args.redis_url) if "load_redis" in names else None
+    client = _redis(args.redis_url, config) if "load_redis" in names else None
     run_id, logical_date = run_identity(args.run_dir, args.run_id, args.logical_date)
     if config.data.partition_root and not config.data.end_date and args.logical_date:
         config = config.with_overrides({"data.end_date": args.logical_date[:10]}, origin="--logical-date")

@@ -242,6 +242,16 @@ class StoreConfig:
     capacity_check: bool = True
     """Before the first write, estimate the memory this run adds on each Redis (cluster) node and refuse,
     writing nothing, when a node lacks the room (see ``recsys_tasks/store/capacity.py``)."""
+    fenced_writes: bool = True
+    """Write each document with a server-side script that never replaces a document of a newer logical date
+    (unless ``force``): a loader that stalled past its lock cannot overwrite a newer run (docs/store-durability.md)."""
+    min_replicas_acked: int = -1
+    """After the write phase each master must confirm (``WAIT``) that this many replicas hold its writes;
+    -1: one where the master has a connected replica, none on a lone node; 0: do not wait."""
+    replica_ack_timeout_s: float = 10.0
+    """How long ``WAIT`` waits for the replicas (bounded by ``socket_timeout_s``)."""
+    verify_writes: bool = True
+    """Before the manifest, read every key of the run back (its ``run_id``) and write again what is missing."""
 
 
 @dataclass(frozen=True)
@@ -517,6 +527,8 @@ def _validate(config: Config) -> None:
         ),
         (config.store.socket_timeout_s > 0, f"store.socket_timeout_s must be > 0, got {config.store.socket_timeout_s}"),
         (config.store.memory_sample_keys >= 0, "store.memory_sample_keys must be >= 0"),
+        (config.store.min_replicas_acked >= -1, "store.min_replicas_acked must be >= -1 (-1: automatic)"),
+        (config.store.replica_ack_timeout_s > 0, "store.replica_ack_timeout_s must be > 0"),
         (
             len({config.store.manifest_key, config.store.lock_key}) == 2
             and not config.store.manifest_key.startswith(config.store.key_prefix)

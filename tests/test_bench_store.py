@@ -21,7 +21,8 @@ def test_bench_store_measures_rates_and_cpu(tmp_path):
     assert bench_store.main(["--users", "20000", "--repeats", "1", "--out", str(out)]) == 0
     results = json.loads(out.read_text())
     rates = results["median_keys_per_s"]
-    for name in ("cluster", "single", "redis_benchmark_cluster", "redis_benchmark_cluster_expire",
+    for name in ("cluster", "single", "cluster_unconfirmed", "single_unconfirmed", "redis_py_cluster",
+                 "redis_py_single", "redis_benchmark_cluster", "redis_benchmark_cluster_expire",
                  "redis_benchmark_single", "redis_benchmark_cluster_same_commands"):
         assert rates[name] > 0, name
     assert results["runs"]["cluster"][0]["users"] == 20000
@@ -38,4 +39,10 @@ def test_bench_store_measures_rates_and_cpu(tmp_path):
     assert results["cluster_vs_redis_benchmark_same_commands"] == round(
         rates["cluster"] / rates["redis_benchmark_cluster_same_commands"], 3)
     assert f"cluster/single {results['cluster_vs_single']:.2f}" in results["markdown"]
+    # The cost of the fence, WAIT and the read-back, and redis-py doing the same work, in the same run.
+    assert results["confirmed_vs_unconfirmed_cluster"] == round(rates["cluster"] / rates["cluster_unconfirmed"], 3)
+    assert results["confirmed_vs_unconfirmed_single"] == round(rates["single"] / rates["single_unconfirmed"], 3)
+    assert results["cluster_vs_redis_py"] == round(rates["cluster"] / rates["redis_py_cluster"], 3)
+    assert f"confirmed/unconfirmed {results['confirmed_vs_unconfirmed_cluster']:.2f}" in results["markdown"]
+    assert results["runs"]["redis_py_cluster"][0]["users"] == 20000 and results["replicas"] == 1
     assert "EXPIRE" in results["markdown"]

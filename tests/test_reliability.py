@@ -59,8 +59,8 @@ def FaultyRedis(*, fault_at, fault, **kwargs):  # noqa: N802 - reads like the cl
     class FaultyConnection(redis.Connection):
         def send_packed_command(self, command, *args, **inner):
             payload = command[0] if isinstance(command, list) else command
-            head = bytes(payload[:40])
-            if head.startswith(b"*4\r\n$8\r\nJSON.SET\r\n") and b"USER:" in head:  # a chunk of documents
+            head = bytes(payload[:120])
+            if head.startswith((b"*4\r\n$8\r\nJSON.SET\r\n", b"*8\r\n$7\r\nEVALSHA\r\n")) and b"USER:" in head:
                 sent["chunks"] += 1
                 if sent["chunks"] == fault_at:
                     fault()
@@ -83,7 +83,7 @@ def test_redis_killed_mid_load_keeps_the_old_run_whole_and_a_rerun_completes(tmp
     killer = FaultyRedis(port=aof_redis.port, fault_at=8, fault=aof_redis.kill)
     with caplog.at_level(logging.WARNING, logger="recsys_tasks"), pytest.raises(RedisUnavailableError) as failure:
         publish_run(killer, run_b, "run-b", 2)
-    assert "still names the previous run" in str(failure.value)
+    assert "still names run 'run-a'" in str(failure.value)
     assert "retrying in" in caplog.text  # the load retried with backoff before giving up
 
     aof_redis.start()  # same directory: the append-only file brings back every acknowledged write

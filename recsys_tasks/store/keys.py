@@ -133,8 +133,10 @@ def _score_spellings(values: Any) -> Any:
     return pa.array([json.dumps(round(float(v), 6)) for v in scores.tolist()], type=pa.string())
 
 
-def encode_commands(batch: Any, settings: StoreConfig, tail: str) -> tuple[Any, Any, int]:
-    """RESP for one batch, one string per user: ``JSON.SET key $ doc`` then ``EXPIRE key ttl``.
+def encode_commands(batch: Any, settings: StoreConfig, tail: str,
+                    fence: tuple[str, str, str] | None = None) -> tuple[Any, Any, int]:
+    """RESP for one batch, one string per user: ``JSON.SET key $ doc`` then ``EXPIRE key ttl``; with a
+    ``fence`` (:func:`recsys_tasks.store.fence.fence_arguments`) one ``EVALSHA`` of the fenced write instead.
 
     ``batch`` is a pyarrow RecordBatch of the recommendations file. Each document is byte-for-byte
     ``json.dumps(build_document(...), separators=(",", ":"))`` (``tail`` holds the run fields,
@@ -162,11 +164,18 @@ def encode_commands(batch: Any, settings: StoreConfig, tail: str) -> tuple[Any, 
     docs = joined('{"user_id":', user_ids, ',"recommendations":[', recs, '],"scores":[', scores, "],", tail)
     keys = joined(settings.key_prefix, user_ids)
     key_lengths = length(keys)
-    commands = joined(
-        "*4\r\n$8\r\nJSON.SET\r\n$", key_lengths, "\r\n", keys, "\r\n$1\r\n$\r\n$", length(docs), "\r\n", docs,
-        "\r\n*3\r\n$6\r\nEXPIRE\r\n$", key_lengths, "\r\n", keys, "\r\n",
-        f"${len(str(int(settings.ttl_s)))}\r\n{int(settings.ttl_s)}\r\n",
-    )
+    ttl = str(int(settings.ttl_s))
+    if fence is None:
+        commands = joined(
+            "*4\r\n$8\r\nJSON.SET\r\n$", key_lengths, "\r\n", keys, "\r\n$1\r\n$\r\n$", length(docs), "\r\n", docs,
+            "\r\n*3\r\n$6\r\nEXPIRE\r\n$", key_lengths, "\r\n", keys, "\r\n", f"${len(ttl)}\r\n{ttl}\r\n",
+        )
+    else:
+        sha, epoch, force = fence
+        commands = joined(
+            f"*8\r\n$7\r\nEVALSHA\r\n$40\r\n{sha}\r\n$1\r\n1\r\n$", key_lengths, "\r\n", keys, "\r\n$",
+            length(docs), "\r\n", docs, f"\r\n${len(ttl)}\r\n{ttl}\r\n${len(epoch)}\r\n{epoch}\r\n$1\r\n{force}\r\n",
+        )
     if commands.null_count:
         raise InputDataError("a recommendations batch holds a null user id, list or score")
     return commands, keys, pc.sum(pc.binary_length(docs)).as_py() or 0
@@ -188,6 +197,8 @@ def encode_batch(batch: Any, settings: StoreConfig, tail: str) -> tuple[bytes, i
 
 
 def asking_payload(row: bytes) -> bytes:
-    """One row's two commands, each preceded by ``ASKING`` (for a slot being imported by the target node)."""
+    """One row's commands, each preceded by ``ASKING`` (for a slot being imported by the target node)."""
+    if row.startswith(b"*8\r\n$7\r\nEVALSHA"):
+        return ASKING + row
     split = row.index(EXPIRE_PREFIX)
     return ASKING + row[:split] + ASKING + row[split:]

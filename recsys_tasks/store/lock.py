@@ -55,7 +55,7 @@ class LoadLock:
         self.lost: str | None = None
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
-        self._renewed_at = time.monotonic()
+        self._renewed_at = self._checked_at = time.monotonic()
 
     @property
     def ttl_ms(self) -> int:
@@ -77,7 +77,7 @@ class LoadLock:
                 log.info("waiting up to %.0fs for %s, held by %r", self.settings.lock_wait_s, key, _text(holder))
                 waiting_logged = True
             time.sleep(0.2)
-        self._renewed_at = time.monotonic()
+        self._renewed_at = self._checked_at = time.monotonic()
         log.info("acquired %s (expires after %ds without renewal)", key, self.settings.lock_ttl_s)
 
     def renew(self) -> bool:
@@ -103,6 +103,33 @@ class LoadLock:
             if self.lost:
                 log.error("load lock lost: %s", self.lost)
                 return
+
+    def check(self) -> None:
+        """Between chunks of documents: raise :class:`LockLostError` when the lock is no longer ours.
+
+        Reads the lock when it was last confirmed a renewal interval (``lock_ttl_s / 3``) ago or more:
+        the lock can only have been lost after at least that long, e.g. by a process stalled past
+        its lock (SIGSTOP) that has just resumed. A read that fails is left to the writer's own
+        retries. A stall between this check and the chunk's writes is left to the fenced write (:mod:`.fence`).
+        """
+        import redis
+
+        self.ensure_held()
+        now = time.monotonic()
+        if now - self._checked_at < self.settings.lock_ttl_s / 3:
+            return
+        try:
+            holder = self.client.get(self.settings.lock_key)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if isinstance(exc, redis.AuthenticationError):
+                raise
+            return
+        if holder is None or _text(holder) != self.token:
+            self.lost = (f"{self.settings.lock_key} is held by {_text(holder)!r}" if holder is not None
+                         else f"{self.settings.lock_key} expired")
+            raise LockLostError(f"{self.lost} while this load was writing (it stalled past lock_ttl_s="
+                                f"{self.settings.lock_ttl_s}s?); stopped before the next chunk, manifest not written")
+        self._checked_at = now
 
     def ensure_held(self) -> None:
         if self.lost:

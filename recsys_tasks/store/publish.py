@@ -1,4 +1,4 @@
-"""Stage 7, ``load_redis``: validate -> quality gate -> skip/force decision -> capacity -> write -> manifest.
+"""Stage 7, ``load_redis``: validate -> quality gate -> skip/force decision -> capacity -> write -> confirm -> manifest.
 
 Nothing is written unless the whole recommendations directory is valid, the run passes the quality
 gate (:mod:`recsys_tasks.evaluation.gate`) and the capacity pre-flight finds room. Holding the load lock, a
@@ -22,27 +22,29 @@ from ..evaluation.report import summary_lines
 from ..paths import RunPaths, require
 from ..runtime import get_logger, read_summary, timed, write_summary
 from . import keys
-from .capacity import check_capacity, require_json_module, sample_memory
-from .errors import RedisUnavailableError, StoreOutOfMemoryError
+from .capacity import check_capacity, check_evictions, memory_of_masters, require_json_module, sample_memory
+from .connect import require_single_node
+from .durability import write_confirmed
+from .errors import (
+    DurabilityError,
+    EvictionError,
+    LockLostError,
+    RedisUnavailableError,
+    StoreOutOfMemoryError,
+    SupersededError,
+)
+from .fence import parse_logical_date
 from .lock import LoadLock
 from .reader import read_manifest
-from .resilience import resilient, transient_errors, with_tries
+from .resilience import covering_failover, resilient, transient_errors, with_tries
 from .source import check_recommendations, iter_recommendation_batches
-from .writer import ProgressCallback, write_documents
+from .writer import ProgressCallback
 
 log = get_logger("load_redis")
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def parse_logical_date(value: str, what: str) -> datetime:
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise ValueError(f"{what} {value!r} is not an ISO-8601 date/time") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def publish_decision(manifest: dict[str, Any] | None, logical_date: str, settings: StoreConfig) -> tuple[bool, str]:
@@ -143,15 +145,46 @@ def write_fallback(client: Any, settings: StoreConfig, fallback: dict[str, Any],
     pipe.execute()
 
 
+PROBE_DOCUMENTS = 2000
+
+
 def sample_documents(path: Path, settings: StoreConfig, run_fields: dict[str, str]) -> list[str]:
-    """Up to ``memory_sample_keys`` documents of this run as they will be stored, spread over its first chunk."""
+    """The capacity probe: ``max(memory_sample_keys, 200)`` documents of this run as they will be stored, spread
+    over its first rows (fewer bring allocator noise of +-15%)."""
     import numpy as np
 
-    batch = next(iter_recommendation_batches(path, max(settings.pipeline_chunk_keys, 1)))
+    wanted = max(settings.memory_sample_keys, PROBE_DOCUMENTS)
+    batch = next(iter_recommendation_batches(path, max(settings.pipeline_chunk_keys, wanted)))
     rows = batch.to_pylist()
-    picks = np.linspace(0, len(rows) - 1, min(max(settings.memory_sample_keys, 1), len(rows))).astype(int)
+    picks = np.linspace(0, len(rows) - 1, min(wanted, len(rows))).astype(int)
     return [json.dumps(keys.build_document(rows[i]["user_id"], rows[i]["recommendations"], rows[i]["scores"],
                                            **run_fields), separators=(",", ":")) for i in sorted(set(picks))]
+
+
+def _memory_or_none(client: Any) -> dict[str, dict[str, Any]] | None:
+    """Every master's memory figures, or None (logged) when the user may not run INFO."""
+    from .errors import StoreError
+
+    try:
+        return memory_of_masters(client)
+    except StoreError as exc:
+        log.warning("not checking evictions: %s", exc)
+        return None
+
+
+def _with_real_growth(capacity: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The pre-flight's estimate beside what ``used_memory`` really grew by during the load, and their ratio."""
+    real = sum(after[n]["used_memory"] - before[n]["used_memory"] for n in after if n in before)
+    estimate = capacity.get("estimate_bytes")
+    return {**capacity, "real_growth_bytes": real,
+            "estimate_vs_real": round(estimate / real, 3) if estimate and real > 0 else None}
+
+
+def _written(acknowledged: int, users: int) -> str:
+    if not acknowledged:
+        return f"0 of {users} documents of this run were written"
+    return (f"{acknowledged} of {users} documents acknowledged, each a whole document of this run (the rest "
+            "keep the previous run's)")
 
 
 def _named(manifest: dict[str, Any] | None) -> str:
@@ -191,7 +224,9 @@ def publish(
 
     with resilient(client, settings):
         try:
-            with_tries(settings, "reaching Redis", lambda: require_json_module(client, settings))
+            settings = with_tries(settings, "reaching Redis", lambda: covering_failover(client, settings))
+            with_tries(settings, "reaching Redis", lambda: (require_single_node(client),
+                                                            require_json_module(client, settings)))
             with LoadLock(client, settings, owner=run_id) as lock:
                 current = read_manifest(client, settings)
                 go, reason = publish_decision(current, logical_date, settings)
@@ -202,8 +237,15 @@ def publish(
                 log.info("publishing run %r: %s", run_id, reason)
                 capacity = (check_capacity(client, settings, user_ids, sample_documents(path, settings, run_fields))
                             if settings.capacity_check else {"skipped": "store.capacity_check is false"})
+                memory_before = _memory_or_none(client)
+
+                def no_evictions() -> None:
+                    if memory_before is not None:
+                        check_evictions(memory_before, memory_of_masters(client))
+
                 started = time.perf_counter()
-                counts = write_documents(client, path, settings, run_fields, on_progress=progress)
+                counts = write_confirmed(client, path, settings, run_fields, total=users, on_progress=progress,
+                                         check_lock=lock.check, after_write=no_evictions)
                 lock.ensure_held()
                 if counts["written"] != users:
                     raise RuntimeError(f"{path}: wrote {counts['written']} documents, expected {users}")
@@ -212,6 +254,10 @@ def publish(
                 elapsed = time.perf_counter() - started
                 leftovers = sweep_leftovers(client, settings, user_ids, logical_date, delete_newer=settings.force)
                 memory = sample_memory(client, settings, user_ids)
+                memory_after = _memory_or_none(client) if memory_before is not None else None
+                if memory_after is not None:
+                    check_evictions(memory_before, memory_after)
+                    capacity = _with_real_growth(capacity, memory_before, memory_after)
                 forced_by = ["date"] if settings.force and reason.startswith("FORCED") else []
                 forced_by += ["quality"] if quality_forced else []
                 manifest = keys.manifest_document(
@@ -222,17 +268,20 @@ def publish(
         except (StoreOutOfMemoryError, redis.exceptions.OutOfMemoryError) as exc:
             raise StoreOutOfMemoryError(
                 f"Redis ran out of memory after {acknowledged[0]} of {users} documents of run {run_id!r} ({exc}). "
-                f"{settings.manifest_key} still names {_named(current)}; the documents written are whole "
-                "documents of this run. Free memory or raise maxmemory, then rerun the load: it completes the run"
+                f"{settings.manifest_key} still names {_named(current)}; {_written(acknowledged[0], users)}. "
+                "Free memory or raise maxmemory, then rerun the load: it completes the run"
             ) from exc
+        except (DurabilityError, EvictionError, SupersededError, LockLostError) as exc:
+            raise type(exc)(f"{exc}. {_written(acknowledged[0], users)}; {settings.manifest_key} was not written by "
+                            f"this load (it named {_named(current)} when the load began)") from exc
         except redis.AuthenticationError:
             raise
         except (RedisUnavailableError, *transient_errors()) as exc:
+            cause = str(exc) if isinstance(exc, RedisUnavailableError) else (
+                f"Redis unreachable after {settings.retry_attempts} tries ({type(exc).__name__}: {exc})")
             raise RedisUnavailableError(
-                f"Redis unreachable after {settings.retry_attempts} tries ({type(exc).__name__}: {exc}); "
-                f"{acknowledged[0]} of {users} documents acknowledged. {settings.manifest_key} still names the "
-                "previous run; the documents already written are whole documents of this run; rerunning the load "
-                "completes it"
+                f"{cause}; {_written(acknowledged[0], users)}. {settings.manifest_key} still names "
+                f"{_named(current)}; rerunning the load completes it"
             ) from exc
     log.info("loaded %d documents in %.1fs (%.0f keys/s); %s", users, elapsed, users / max(elapsed, 1e-9),
              json.dumps({**leftovers, **memory}))
@@ -244,6 +293,8 @@ def publish(
         "keys_per_s": round(users / max(elapsed, 1e-9), 1),
         "avg_document_bytes": round(counts["payload_bytes"] / max(users, 1), 1),
         "replayed": counts["replayed"],
+        "read_back_replayed": counts["read_back_replayed"],
+        "replicas": counts["replicas"],
         **leftovers,
         **memory,
         "capacity": capacity,

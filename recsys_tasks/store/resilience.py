@@ -157,10 +157,21 @@ def resilient(client: Any, settings: StoreConfig) -> Iterator[Any]:
     for name, value in previous_timeouts.items():
         if value is None:
             kwargs[name] = settings.socket_timeout_s
+    # Connections already in the pool keep the timeouts they were made with: give them ours too.
+    available = list(getattr(client.connection_pool, "_available_connections", []))
+    pooled = [c for c in available if c.socket_timeout is None]
+    for connection in pooled:
+        connection.socket_timeout = connection.socket_connect_timeout = settings.socket_timeout_s
+        if connection._sock is not None:
+            connection._sock.settimeout(settings.socket_timeout_s)
     client.set_retry(load_retry(settings))
     try:
         yield client
     finally:
+        for connection in pooled:
+            connection.socket_timeout = connection.socket_connect_timeout = None
+            if connection._sock is not None:
+                connection._sock.settimeout(None)
         if previous_retry is None:
             client.set_retry(single_try())  # what redis-py gives a connection without a policy
             kwargs["retry"] = None
@@ -198,3 +209,35 @@ def _resilient_cluster(client: Any, settings: StoreConfig) -> Iterator[None]:
                 kwargs.pop(name, None)
             else:
                 kwargs[name] = value
+
+
+def failover_s(client: Any) -> float:
+    """Seconds a cluster may take to replace a failed master: twice its ``cluster-node-timeout`` (read with
+    ``CONFIG GET`` from a master; Redis's default 15 s when that is not allowed) plus 2 s for the election."""
+    import redis
+
+    node_timeout_ms = 15_000
+    try:
+        reply = client.get_redis_connection(client.get_primaries()[0]).config_get("cluster-node-timeout")
+        node_timeout_ms = int(reply.get("cluster-node-timeout", node_timeout_ms))
+    except (redis.RedisError, IndexError, ValueError) as exc:
+        log.info("cluster-node-timeout unknown (%s); assuming Redis's default %d ms", exc, node_timeout_ms)
+    return 2 * node_timeout_ms / 1000 + 2.0
+
+
+def covering_failover(client: Any, settings: StoreConfig) -> StoreConfig:
+    """``settings`` with enough ``retry_attempts`` that the backoff waits outlast a failover of this cluster
+    (:func:`failover_s`); unchanged for a single Redis or when they already do."""
+    import dataclasses
+
+    if not is_cluster(client):
+        return settings
+    needed, attempts = failover_s(client), settings.retry_attempts
+    while sum(backoff_s(settings, f) for f in range(1, attempts)) < needed and attempts < 100:
+        attempts += 1
+    if attempts > settings.retry_attempts:
+        log.info("retry budget raised from %d to %d tries so the waits (%.1fs) outlast a failover (~%.1fs: "
+                 "2 x cluster-node-timeout + 2s)", settings.retry_attempts, attempts,
+                 sum(backoff_s(settings, f) for f in range(1, attempts)), needed)
+        settings = dataclasses.replace(settings, retry_attempts=attempts)
+    return settings

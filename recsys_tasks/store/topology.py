@@ -58,6 +58,26 @@ def key_slots(keys: Any) -> Any:
     return (crc % SLOTS).astype(np.int64)
 
 
+def receive(name: str, connection: Any, buffer: bytearray, size: int) -> None:
+    """Receive from ``connection``'s socket (``name``'s) until ``buffer`` holds ``size`` bytes; the socket's
+    timeout bounds each wait, and a failure is raised as redis-py's ConnectionError / TimeoutError."""
+    import redis.exceptions as rex
+
+    sock = connection._sock
+    if sock is None:
+        raise rex.ConnectionError(f"the connection to {name} is closed")
+    while len(buffer) < size:
+        try:
+            chunk = sock.recv(max(65536, size - len(buffer)))
+        except TimeoutError as exc:
+            raise rex.TimeoutError(f"Timeout reading from {name}") from exc
+        except OSError as exc:
+            raise rex.ConnectionError(f"Error while reading from {name}: {exc}") from exc
+        if not chunk:
+            raise rex.ConnectionError(f"Connection closed by {name}.")
+        buffer += chunk
+
+
 class SingleRoute:
     """Everything goes to the one server, on one connection of the client's pool."""
 
@@ -76,6 +96,9 @@ class SingleRoute:
 
     def group(self, slots: Any) -> dict[str, Any]:
         return {"redis": None}
+
+    def connected_names(self) -> list[str]:
+        return ["redis"] if self._connection is not None else []
 
     def node_of_address(self, host: str, port: int) -> str:
         return "redis"
@@ -139,6 +162,9 @@ class ClusterRoute:
         bounds = np.flatnonzero(np.diff(sorted_owners)) + 1
         return {self.names[int(chunk[0])]: order[start:end] for chunk, start, end in zip(
             np.split(sorted_owners, bounds), [0, *bounds], [*bounds, len(order)])}
+
+    def connected_names(self) -> list[str]:
+        return list(self._connections)
 
     def node_of_address(self, host: str, port: int) -> str:
         from redis.cluster import get_node_name

@@ -21,9 +21,17 @@ from typing import Any
 from ..config import StoreConfig
 from ..runtime import get_logger
 from . import keys
-from .errors import RedisJSONMissingError, RedisUnavailableError, StoreError, StoreOutOfMemoryError, json_module_hint
+from .errors import (
+    RedisJSONMissingError,
+    RedisUnavailableError,
+    StoreError,
+    StoreOutOfMemoryError,
+    SupersededError,
+    json_module_hint,
+)
+from .fence import load_fenced_write
 from .resilience import transient_errors, wait_before_retry
-from .topology import key_slots, route_for
+from .topology import key_slots, receive, route_for
 
 log = get_logger("load_redis")
 
@@ -31,6 +39,7 @@ ProgressCallback = Callable[[int, int], None]
 MAX_REDIRECT_ROUNDS = 64
 ROW_REPLIES = b"+OK\r\n:1\r\n"  # JSON.SET, EXPIRE
 ROW_REPLIES_ASKING = b"+OK\r\n+OK\r\n+OK\r\n:1\r\n"  # ASKING, JSON.SET, ASKING, EXPIRE
+FENCED_REPLIES = {False: b":1\r\n", True: b"+OK\r\n:1\r\n"}  # EVALSHA of the fenced write (after ASKING)
 
 
 def _parse_error(message: str) -> Exception:
@@ -47,6 +56,7 @@ class Part:
     commands: Any
     slots: Any
     asking: bool = False
+    fenced: bool = False
 
     def __len__(self) -> int:
         return len(self.commands)
@@ -56,11 +66,17 @@ class Part:
 
         if indices is None:
             return self
-        return Part(self.commands.take(pa.array(indices)), self.slots[indices], self.asking)
+        return Part(self.commands.take(pa.array(indices)), self.slots[indices], self.asking, self.fenced)
 
     @property
     def replies_per_row(self) -> int:
-        return 4 if self.asking else 2
+        return (2 if self.asking else 1) if self.fenced else (4 if self.asking else 2)
+
+    @property
+    def row_replies(self) -> bytes:
+        if self.fenced:
+            return FENCED_REPLIES[self.asking]
+        return ROW_REPLIES_ASKING if self.asking else ROW_REPLIES
 
     def payload(self) -> bytes:
         if not self.asking:
@@ -76,6 +92,7 @@ class Outcome:
     moved: list[Part] = field(default_factory=list)
     ask: dict[str, list[Part]] = field(default_factory=dict)
     error: BaseException | None = None
+    noscript: bool = False  # a node lacked the fenced-write script (a promoted replica, a restart)
 
     def __bool__(self) -> bool:
         return bool(self.transient or self.moved or self.ask)
@@ -91,7 +108,7 @@ class PipelinedWriter:
                  on_progress: ProgressCallback | None = None) -> None:
         import redis.exceptions as rex
 
-        self.settings, self.total, self.on_progress = settings, total, on_progress
+        self.client, self.settings, self.total, self.on_progress = client, settings, total, on_progress
         self.route = route_for(client)
         self.queues: dict[str, collections.deque[Part]] = collections.defaultdict(collections.deque)
         self.acknowledged = 0
@@ -125,22 +142,6 @@ class PipelinedWriter:
         self._buffers.pop(name, None)
         self.route.drop(name)
 
-    def _fill(self, name: str, connection: Any, buffer: bytearray, size: int) -> None:
-        """Receive from ``connection``'s socket until ``buffer`` holds ``size`` bytes."""
-        sock = connection._sock
-        if sock is None:
-            raise self._rex.ConnectionError(f"the connection to {name} is closed")
-        while len(buffer) < size:
-            try:
-                chunk = sock.recv(max(65536, size - len(buffer)))
-            except TimeoutError as exc:
-                raise self._rex.TimeoutError(f"Timeout reading from {name}") from exc
-            except OSError as exc:
-                raise self._rex.ConnectionError(f"Error while reading from {name}: {exc}") from exc
-            if not chunk:
-                raise self._rex.ConnectionError(f"Connection closed by {name}.")
-            buffer += chunk
-
     def _read(self, name: str, outcome: Outcome) -> None:
         """Read the replies of the oldest part sent to ``name``.
 
@@ -154,11 +155,11 @@ class PipelinedWriter:
         per_row = part.replies_per_row
         total = len(part) * per_row
         buffer = self._buffers.setdefault(name, bytearray())
-        expected = (ROW_REPLIES_ASKING if part.asking else ROW_REPLIES) * len(part)
+        expected = part.row_replies * len(part)
         lines: list[bytes] = []
         lost: BaseException | None = None
         try:
-            self._fill(name, connection, buffer, len(expected))
+            receive(name, connection, buffer, len(expected))
             if buffer[: len(expected)] == expected:
                 del buffer[: len(expected)]
                 self._count(len(part))
@@ -167,7 +168,7 @@ class PipelinedWriter:
             while len(lines) < total:
                 end = buffer.find(b"\r\n", position)
                 if end < 0:
-                    self._fill(name, connection, buffer, len(buffer) + 1)
+                    receive(name, connection, buffer, len(buffer) + 1)
                     continue
                 lines.append(bytes(buffer[position:end]))
                 position = end + 2
@@ -178,6 +179,14 @@ class PipelinedWriter:
             lost = exc
         verdicts: dict[int, Any] = {}
         for index, line in enumerate(lines):
+            if part.fenced and line == b":0":
+                connection.disconnect()
+                self._buffers.pop(name, None)
+                self.queues.pop(name, None)
+                raise SupersededError(
+                    f"{name} holds a newer run's document for a user of this load (a newer logical date was published "
+                    "while this load ran, e.g. after it stalled past its lock); the fenced write left it in place and "
+                    "this load stops without writing the manifest")
             if line[:1] == b"-":
                 verdict = self._classify(name, _parse_error(line[1:].decode(errors="replace")), connection)
                 if verdict is not None:
@@ -204,6 +213,8 @@ class PipelinedWriter:
             return ("ask", self.route.node_of_address(exc.host, exc.port))
         if isinstance(exc, self._cluster_retry):
             return ("transient", exc)
+        if isinstance(exc, rex.NoScriptError):
+            return ("noscript",)
         connection.disconnect()
         if isinstance(exc, rex.OutOfMemoryError):
             raise StoreOutOfMemoryError(f"{name} refused a write: {exc}") from exc
@@ -221,11 +232,13 @@ class PipelinedWriter:
         for kind, rows in redo.items():
             if kind == "transient":
                 outcome.transient.append(part.take(rows))
-            elif kind == "moved":
+            elif kind in ("moved", "noscript"):
                 outcome.moved.append(part.take(rows))
+                outcome.noscript = outcome.noscript or kind == "noscript"
             else:
                 target = part.take(rows)
-                outcome.ask.setdefault(kind[1], []).append(Part(target.commands, target.slots, asking=True))
+                outcome.ask.setdefault(kind[1], []).append(
+                    Part(target.commands, target.slots, asking=True, fenced=target.fenced))
 
     def _count(self, rows: int) -> None:
         if not rows:
@@ -293,6 +306,8 @@ class PipelinedWriter:
             if outcome.transient or outcome.moved:
                 try:
                     self.route.refresh()
+                    if outcome.noscript:
+                        load_fenced_write(self.client)
                 except (*self._transient, self._rex.RedisClusterException) as exc:
                     if isinstance(exc, self._rex.AuthenticationError):
                         raise
@@ -300,7 +315,7 @@ class PipelinedWriter:
                     outcome.transient.extend(outcome.moved)
                     outcome.moved = []
                     continue
-            pending = Outcome()
+            pending = Outcome(noscript=outcome.noscript and bool(outcome.transient or outcome.moved))
             self._down.clear()
             for part in (*outcome.transient, *outcome.moved):
                 for name, indices in self.route.group(part.slots).items():
@@ -316,25 +331,51 @@ class PipelinedWriter:
                                     "rounds of MOVED/ASK (a cluster that keeps resharding)")
 
 
+def stream_documents(writer: PipelinedWriter, path: Any, settings: StoreConfig, run_fields: dict[str, str], *,
+                     only: dict[int, Any] | None = None, check_lock: Callable[[], None] | None = None,
+                     ) -> tuple[list[tuple[Any, Any]], int]:
+    """Encode and submit every chunk of ``path`` (or, with ``only``, the given rows of the given chunks: a replay).
+
+    With ``settings.fenced_writes`` each row is the fenced write (:mod:`.fence`); ``check_lock()`` runs
+    before each chunk. Returns each chunk's ``(key names, slots)`` (for the read-back) and the JSON bytes sent.
+    """
+    from .fence import fence_arguments
+    from .source import iter_recommendation_batches
+
+    tail = keys.document_tail(run_fields)
+    fence = fence_arguments(run_fields["logical_date"], settings.force) if settings.fenced_writes else None
+    chunks, payload_bytes = [], 0
+    for index, batch in enumerate(iter_recommendation_batches(path, settings.pipeline_chunk_keys)):
+        if only is not None:
+            if index not in only:
+                continue
+            batch = batch.take(only[index])
+        if check_lock is not None:
+            check_lock()
+        commands, key_names, document_bytes = keys.encode_commands(batch, settings, tail, fence)
+        slots = key_slots(key_names) if writer.route.cluster else _zeros(len(commands))
+        writer.submit(Part(commands, slots, fenced=fence is not None))
+        chunks.append((key_names, slots))
+        payload_bytes += document_bytes
+    return chunks, payload_bytes
+
+
 def write_documents(client: Any, path: Any, settings: StoreConfig, run_fields: dict[str, str], *,
                     on_progress: ProgressCallback | None = None) -> dict[str, int]:
     """Write every user's document of ``path`` (pipelined, with TTL) to ``client`` (a ``Redis`` or ``RedisCluster``).
 
     ``run_fields`` (run id, logical date, generation time) go into every document. Returns
     ``{"written": acknowledged rows, "payload_bytes": JSON bytes, "replayed": rows replayed by cause}``.
-    ``on_progress(acknowledged, total)`` is called as replies come in.
+    ``on_progress(acknowledged, total)`` is called as replies come in. No read-back and no ``WAIT``:
+    :func:`recsys_tasks.store.durability.write_confirmed` adds them.
     """
-    from .source import count_rows, iter_recommendation_batches
+    from .source import count_rows
 
-    tail = keys.document_tail(run_fields)
+    if settings.fenced_writes:
+        load_fenced_write(client)
     writer = PipelinedWriter(client, settings, total=count_rows(path), on_progress=on_progress)
-    payload_bytes = 0
     try:
-        for batch in iter_recommendation_batches(path, settings.pipeline_chunk_keys):
-            commands, key_names, document_bytes = keys.encode_commands(batch, settings, tail)
-            slots = key_slots(key_names) if writer.route.cluster else _zeros(len(commands))
-            writer.submit(Part(commands, slots))
-            payload_bytes += document_bytes
+        _, payload_bytes = stream_documents(writer, path, settings, run_fields)
         written = writer.finish()
     finally:
         writer.close()

@@ -1,0 +1,269 @@
+"""What makes a written document count: ``WAIT`` for the node's replicas, then a read-back of every key of the run.
+
+Redis replication is asynchronous, so a master's ``+OK`` can be lost in a failover. After the write
+phase each master is asked ``WAIT numreplicas`` on the connection that wrote (``store.min_replicas_acked``;
+-1: one where the node has a replica, none on a lone node), then every key of the run is read back
+(``JSON.GET key $.run_id``, pipelined per node on the same raw connections), and whatever is missing
+or not this run's is written again (then waited for and read back again) before the manifest.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from collections.abc import Callable
+from typing import Any
+
+from ..config import StoreConfig
+from ..runtime import get_logger
+from .errors import DurabilityError, RedisUnavailableError, StoreError
+from .fence import load_fenced_write
+from .resilience import is_cluster, transient_errors, wait_before_retry
+from .topology import receive
+from .writer import PipelinedWriter, ProgressCallback, stream_documents
+
+log = get_logger("load_redis")
+
+
+def _parse_reply(buffer: bytearray, position: int) -> tuple[Any, int] | None:
+    """One RESP2 reply (``+``, ``-``, ``:`` or a bulk string) at ``position``: ``(value, next position)``,
+    or None when the buffer does not hold all of it yet. Errors come back as ``Exception``, nil as None."""
+    end = buffer.find(b"\r\n", position)
+    if end < 0:
+        return None
+    kind, line = buffer[position:position + 1], bytes(buffer[position + 1:end])
+    if kind == b"$":
+        size = int(line)
+        if size < 0:
+            return None, end + 2
+        if len(buffer) < end + 2 + size + 2:
+            return None
+        return bytes(buffer[end + 2:end + 2 + size]), end + 2 + size + 2
+    if kind == b"-":
+        from redis._parsers.base import BaseParser
+
+        return BaseParser.parse_error(line.decode(errors="replace")), end + 2
+    return line, end + 2
+
+
+def _read_replies(name: str, connection: Any, count: int, fast: bytes | None,
+                  buffer: bytearray | None = None) -> list[Any] | None:
+    """``count`` replies from ``connection``; None when they are exactly ``fast`` (every row as expected).
+
+    Bytes are received while they still match ``fast``; at the first difference the replies are
+    parsed one by one (a missing key's reply is shorter than the expected one). ``buffer`` holds bytes
+    already received from this connection (later requests' replies are left in it).
+    """
+    buffer = bytearray() if buffer is None else buffer
+    if fast is not None:
+        while len(buffer) < len(fast) and fast.startswith(buffer):
+            receive(name, connection, buffer, len(buffer) + 1)
+        if buffer[:len(fast)] == fast:
+            del buffer[:len(fast)]
+            return None
+    replies, position = [], 0
+    while len(replies) < count:
+        parsed = _parse_reply(buffer, position)
+        if parsed is None:
+            receive(name, connection, buffer, len(buffer) + 1)
+            continue
+        value, position = parsed
+        replies.append(value)
+    del buffer[:position]
+    return replies
+
+
+def _node_replicas(client: Any, name: str) -> int:
+    """Replicas connected to master ``name`` now (``INFO replication``); 0 when INFO is not allowed."""
+    import redis
+
+    node = client
+    if is_cluster(client):
+        host, _, port = name.rpartition(":")
+        node = client.get_redis_connection(client.get_node(node_name=name) or client.get_node(host, int(port)))
+    try:
+        return int(node.info("replication").get("connected_slaves", 0) or 0)
+    except redis.exceptions.NoPermissionError:
+        log.warning("the Redis user may not run INFO on %s: not waiting for its replicas (grant +info)", name)
+        return 0
+
+
+def wait_for_replicas(writer: PipelinedWriter, settings: StoreConfig) -> dict[str, dict[str, int]]:
+    """``WAIT`` on every connection the writer wrote through; raises :class:`DurabilityError` when a master's
+    replicas still acknowledged fewer than required after ``store.retry_attempts`` tries of
+    ``store.replica_ack_timeout_s`` each (a replica resyncing after a failover catches up meanwhile)."""
+    timeout_ms = int(1000 * min(settings.replica_ack_timeout_s, 0.8 * settings.socket_timeout_s))
+    acks = {}
+    for name in writer.route.connected_names():
+        for attempt in range(1, settings.retry_attempts + 1):
+            wanted = settings.min_replicas_acked
+            if wanted < 0:
+                wanted = min(1, _node_replicas(writer.client, name))
+            if wanted == 0:
+                acks[name] = {"required": 0, "acknowledged": 0}
+                break
+            connection = writer.route.connection(name)
+            connection.send_packed_command(connection.pack_command("WAIT", wanted, timeout_ms), check_health=False)
+            value = (_read_replies(name, connection, 1, None) or [b"0"])[0]
+            if isinstance(value, Exception):
+                raise StoreError(f"{name} refused WAIT: {value}")
+            acks[name] = {"required": wanted, "acknowledged": int(value)}
+            if int(value) >= wanted:
+                break
+            message = (f"{name}: only {int(value)} of the {wanted} required replica(s) acknowledged this load's "
+                       f"writes within {timeout_ms} ms (store.min_replicas_acked)")
+            if attempt == settings.retry_attempts:
+                raise DurabilityError(f"{message}, {attempt} tries; its writes could be lost in a failover")
+            wait_before_retry(settings, attempt, DurabilityError(message), "waiting for the replicas")
+    return acks
+
+
+def _get_commands(key_names: Any) -> bytes:
+    """``JSON.GET key $.run_id`` for every key, as one RESP payload."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    lengths = pc.cast(pc.binary_length(key_names), pa.string())
+    commands = pc.binary_join_element_wise("*3\r\n$8\r\nJSON.GET\r\n$", lengths, "\r\n", key_names,
+                                           "\r\n$8\r\n$.run_id\r\n", "")
+    from .keys import payload
+
+    return payload(commands)
+
+
+class _ReadRound:
+    """One round of the read-back: reads a request's replies, sorting its rows into missing / to retry."""
+
+    def __init__(self, route: Any, rex: Any, stored: bytes, missing: dict[int, list[int]],
+                 again: list[tuple[int, Any]]) -> None:
+        self.route, self.rex, self.stored, self.missing, self.again = route, rex, stored, missing, again
+        self.row_reply = b"$%d\r\n%s\r\n" % (len(stored), stored)
+        self.down: set[str] = set()
+        self.buffers: dict[str, bytearray] = collections.defaultdict(bytearray)
+
+    def read(self, request: tuple[int, str, Any]) -> BaseException | None:
+        """The replies of one request; returns the error that makes some of its rows retry, if any."""
+        import numpy as np
+
+        index, name, subset = request
+        if name in self.down:
+            self.again.append((index, subset))
+            return None
+        try:
+            replies = _read_replies(name, self.route.connection(name), len(subset), self.row_reply * len(subset),
+                                    self.buffers[name])
+        except (self.rex.ConnectionError, self.rex.TimeoutError) as exc:
+            self.down.add(name)
+            self.route.drop(name)
+            self.again.append((index, subset))
+            return exc
+        redo, error = [], None
+        for row, reply in zip(subset.tolist(), replies or ()):
+            if isinstance(reply, (self.rex.AskError, self.rex.ClusterDownError, self.rex.TryAgainError)):
+                redo.append(row)
+                error = reply
+            elif isinstance(reply, Exception):
+                raise StoreError(f"{name} refused the read-back of this run's documents: {reply}")
+            elif reply != self.stored:
+                self.missing[index].append(row)
+        if redo:
+            self.again.append((index, np.asarray(redo)))
+        return error
+
+
+def read_back(writer: PipelinedWriter, settings: StoreConfig, chunks: list[tuple[Any, Any]],
+              run_id: str) -> dict[int, list[int]]:
+    """Rows of each chunk whose key does not hold a document of ``run_id`` (missing, or another run's)."""
+    import numpy as np
+    import pyarrow as pa
+
+    route, rex = writer.route, writer._rex
+    stored = json.dumps([run_id], separators=(",", ":")).encode()
+    missing: dict[int, list[int]] = collections.defaultdict(list)
+    pending: list[tuple[int, Any]] = [(i, np.arange(len(names))) for i, (names, _) in enumerate(chunks)]
+    failures = 0
+    while pending:
+        again: list[tuple[int, Any]] = []
+        error: BaseException | None = None
+        in_flight: collections.deque[tuple[int, str, Any]] = collections.deque()
+        round_ = _ReadRound(route, rex, stored, missing, again)
+        down = round_.down
+        for index, rows in pending:
+            names, slots = chunks[index]
+            sent = 0
+            for name, picks in route.group(slots[rows]).items():
+                subset = rows if picks is None else rows[picks]
+                if name in down:
+                    again.append((index, subset))
+                    continue
+                try:
+                    route.connection(name).send_packed_command(
+                        [_get_commands(names.take(pa.array(subset)))], check_health=False)
+                except transient_errors() as exc:
+                    down.add(name)
+                    route.drop(name)
+                    again.append((index, subset))
+                    error = exc
+                    continue
+                in_flight.append((index, name, subset))
+                sent += 1
+            while len(in_flight) > sent:  # one chunk in flight: the servers work while we read and encode
+                error = round_.read(in_flight.popleft()) or error
+        while in_flight:
+            error = round_.read(in_flight.popleft()) or error
+        if again:
+            failures += 1
+            if failures >= settings.retry_attempts:
+                raise RedisUnavailableError(
+                    f"the read-back could not reach every node after {settings.retry_attempts} tries "
+                    f"({type(error).__name__}: {error})") from error
+            wait_before_retry(settings, failures, error or RuntimeError("?"), "during the read-back")
+            try:
+                route.refresh()
+            except (*transient_errors(), rex.RedisClusterException) as exc:
+                log.warning("refreshing the slot map failed (%s); trying again", exc)
+        pending = again
+    return dict(missing)
+
+
+def write_confirmed(client: Any, path: Any, settings: StoreConfig, run_fields: dict[str, str], *, total: int,
+                    on_progress: ProgressCallback | None = None,
+                    check_lock: Callable[[], None] | None = None,
+                    after_write: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Write every document of ``path``, wait for the replicas, read every key back, and replay what is missing.
+
+    Returns the counts of :func:`recsys_tasks.store.writer.write_documents` plus ``replicas`` (per master:
+    required and acknowledged) and ``read_back_replayed`` (documents written again after the read-back).
+    """
+    if settings.fenced_writes:
+        load_fenced_write(client)
+    writer = PipelinedWriter(client, settings, total=total, on_progress=on_progress)
+    replayed_after_read_back = 0
+    try:
+        chunks, payload_bytes = stream_documents(writer, path, settings, run_fields, check_lock=check_lock)
+        written = writer.finish()
+        if after_write is not None:  # e.g. the eviction check: before a read-back would replay evicted documents
+            after_write()
+        replicas = wait_for_replicas(writer, settings)
+        for attempt in range(settings.retry_attempts + 1):
+            if not settings.verify_writes:
+                break
+            missing = read_back(writer, settings, chunks, run_fields["run_id"])
+            count = sum(len(rows) for rows in missing.values())
+            if not count:
+                break
+            if attempt == settings.retry_attempts:
+                raise DurabilityError(
+                    f"{count} document(s) of run {run_fields['run_id']!r} were acknowledged but are still not in "
+                    f"Redis after {attempt} replays (a node keeps losing writes)")
+            log.warning("read-back: %d acknowledged document(s) of this run are missing (lost in a failover?); "
+                        "writing them again", count)
+            replayed_after_read_back += count
+            stream_documents(writer, path, settings, run_fields, only=missing, check_lock=check_lock)
+            writer.finish()
+            replicas = wait_for_replicas(writer, settings)
+    finally:
+        writer.close()
+    return {"written": written, "payload_bytes": payload_bytes, "replayed": dict(writer.replayed),
+            "read_back_replayed": replayed_after_read_back, "replicas": replicas,
+            "verified": settings.verify_writes}
