@@ -36,6 +36,9 @@ def test_bench_pipeline_smallest_point_end_to_end(tmp_path):
         assert task["seconds"] > 0 and task["rows"] > 0 and task["rows_per_s"] > 0, task
         assert 0.05 < task["peak_rss_gb"] < 8, task  # the task process's own VmHWM, in GB
     assert point["quality"]["gate_passed"] is True
+    quality = point["quality"]  # the published lists, beside popularity and the retrieval order
+    assert 0 <= quality["published_recall_at_n"] <= 1 and quality["popularity_recall_at_n"] is not None
+    assert len(quality["published_minus_retrieval_order_ci95"]) == 2
     assert point["load"]["samples"] >= 1
     for name in ("fit_retrieval", "fit_ranking"):
         ratio = point["throughput"][name]
