@@ -190,12 +190,16 @@ service_sid() {
 
 session_pids() {  # session_pids SID...: every live process in those sessions
   [ $# -gt 0 ] || return 0
-  ps -eo pid=,sid= | awk -v sids=" $* " 'index(sids, " " $2 " ") { print $1 }'
+  # Zombies are dead already: when init does not reap the orphans (some containers), they stay listed.
+  ps -eo pid=,sid=,stat= | awk -v sids=" $* " 'index(sids, " " $2 " ") && $3 !~ /^Z/ { print $1 }'
 }
 
 service_pids() { local sid; sid=$(service_sid "$1") || return 0; session_pids "$sid"; }
 
-alive() { local sid; sid=$(service_sid "$1") && kill -0 "$sid" 2>/dev/null; }
+alive() {  # the service's leader runs (and is not a zombie)
+  local sid stat
+  sid=$(service_sid "$1") && stat=$(ps -o stat= -p "$sid" 2>/dev/null) && [[ $stat != Z* ]]
+}
 
 stack_pids() {  # every live process of the stack (what `down` must leave empty)
   local sids=() f sid

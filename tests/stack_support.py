@@ -52,9 +52,12 @@ def stack_processes(stack_env: dict[str, str], sessions: set[int], outsiders: se
     (processes a user started with the stack's environment, which `down` must leave alone)."""
     found = []
     own_sid = os.getsid(0)
-    out = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat=,args="], capture_output=True, text=True, check=True).stdout
     for line in out.splitlines():
-        pid, sid, _args = (line.split(None, 2) + [""])[:3]
+        pid, sid, stat, _args = (line.split(None, 3) + [""])[:4]
+        # A zombie is dead already (in containers whose init does not reap orphans, they stay listed).
+        if stat.startswith("Z"):
+            continue
         if int(sid) != own_sid and int(sid) in sessions and int(pid) not in outsiders:
             found.append(line.strip())
     marker = f"AIRFLOW_HOME={stack_env['AIRFLOW_HOME']}".encode()
@@ -111,8 +114,9 @@ class AirflowApi:
 
     def xcom(self, dag_id: str, run_id: str, task_id: str) -> Any:
         quoted = urllib.request.quote(run_id, safe="")
-        return self.get(f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances/{task_id}/xcomEntries/"
-                        "return_value")["value"]
+        value = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances/{task_id}/xcomEntries/"
+                         "return_value?deserialize=true")["value"]
+        return json.loads(value) if isinstance(value, str) else value
 
     def wait_for_dag(self, timeout_s: float) -> dict:
         deadline = time.monotonic() + timeout_s

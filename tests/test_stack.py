@@ -42,10 +42,11 @@ DOWNSTREAM_DAG_ID = "recsys_recommendations_published"
 TRIGGERED = ("stack_test__2026-11-19", "2026-11-19T00:00:00Z", 4, 5)  # run id, date, shards, top_n
 BACKFILL_DATES = ("2026-11-20", "2026-11-21", "2026-11-22")
 BACKFILL_CONF = {"scoring.num_shards": 2, "scoring.top_n": 4}
-RUN_TIMEOUT_S = 600
+# Generous: the machine is shared (a 3-date backfill took over 10 min at load average 10 on 2 cores).
+RUN_TIMEOUT_S = 1200
 # docs/stack-operations.md: a GPU worker lost mid-task is replaced within this (heartbeat timeout 90 s,
-# detection every 10 s, retry delay 30-60 s, then queueing).
-RECOVERY_BOUND_S = 240
+# detection every 10 s, retry delay 30-60 s, then queueing; slack for a loaded machine).
+RECOVERY_BOUND_S = 300
 
 
 def artifacts_dir() -> Path:
@@ -203,7 +204,7 @@ def test_backfill_of_three_dates_is_run_by_the_scheduler(stack):
 
     api = stack["api"]
     airflow_cli(stack, "backfill", "create", "--dag-id", DAG_ID, "--from-date", BACKFILL_DATES[0],
-                "--to-date", BACKFILL_DATES[-1], "--max-active-runs", "2",
+                "--to-date", BACKFILL_DATES[-1], "--max-active-runs", "3",
                 "--dag-run-conf", json.dumps(BACKFILL_CONF))
     backfill_runs = [r for r in api.dag_runs() if r["run_type"] == "backfill"]
     assert sorted(r["logical_date"][:10] for r in backfill_runs) == list(BACKFILL_DATES), backfill_runs
@@ -263,19 +264,17 @@ def test_stop_and_start_keep_the_run_history(stack):
     after = {r["dag_run_id"]: r["state"] for r in api.dag_runs() if r["dag_run_id"] in before}
     assert after == before
     # The Redis store kept the published run as well.
-    assert store_client(stack).exists("USER:" + str(_any_user(stack)))
-
-
-def _any_user(stack: dict) -> int:
     import pyarrow.parquet as pq
 
+    from recsys_tasks.config import Config
     from recsys_tasks.paths import RunPaths
-    from recsys_tasks.store import read_manifest
+    from recsys_tasks.store import fetch, read_manifest
 
-    manifest = read_manifest(store_client(stack))
-    run = next(r for r in stack["api"].dag_runs() if r["dag_run_id"] == manifest["run_id"])
-    path = RunPaths(run_dir(stack, run["dag_run_id"])).recommendations
-    return int(pq.read_table(path, columns=["user_id"]).column("user_id")[0].as_py())
+    client = store_client(stack)
+    manifest = read_manifest(client)
+    assert manifest["run_id"] in before
+    users = pq.read_table(RunPaths(run_dir(stack, manifest["run_id"])).recommendations, columns=["user_id"])
+    assert fetch(client, int(users.column("user_id")[0].as_py()), Config().store)["run_id"] == manifest["run_id"]
 
 
 def test_a_gpu_worker_killed_mid_task_is_replaced_in_minutes(stack):
@@ -283,7 +282,7 @@ def test_a_gpu_worker_killed_mid_task_is_replaced_in_minutes(stack):
     (every process of it, as when its machine dies) during a training stage: the scheduler notices the lost
     heartbeat, retries the task on the other worker and the run succeeds; `restart` brings the worker back."""
     api, env = stack["api"], stack["env"]
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 900
     victim = None
     while victim is None:
         scheduled = [r for r in api.dag_runs() if r["run_type"] == "scheduled"]
@@ -293,7 +292,7 @@ def test_a_gpu_worker_killed_mid_task_is_replaced_in_minutes(stack):
                        if t["task_id"] in ("transform", "fit_retrieval", "fit_ranking") and t["state"] == "running"
                        and t["hostname"] in GPU_WORKERS]
             victim = running[0] if running else None
-        assert time.monotonic() < deadline, "no scheduled run reached a training stage within 300 s"
+        assert time.monotonic() < deadline, "no scheduled run reached a training stage within 900 s"
         if victim is None:
             time.sleep(0.5)
     worker = victim["hostname"]
