@@ -1,16 +1,27 @@
 # Two commands on a fresh Debian 12 machine with Python 3.11:
-#   make run    the DAG once end to end (airflow dags test, SQLite, local Redis with RedisJSON)
-#   make test   the test suite (starts its own Redis with RedisJSON on a free port)
-.PHONY: run test setup lint clean
+#   make run    the DAG once end to end (airflow dags test, SQLite, local Redis with RedisJSON); needs
+#               only Python 3.11 and Redis (scripts/setup.sh installs them)
+#   make test   the test suite (starts its own Redis with RedisJSON on a free port); first installs what
+#               the Celery-stack tests need: PostgreSQL, Chromium, the Python 3.10 GPU-worker venv
+# And, after make run:
+#   make ui     the Airflow UI over make run's .airflow/ (api-server, scheduler, dag-processor on
+#               127.0.0.1:8080, RECSYS_UI_PORT to change); prints the address and login; Ctrl-C stops it
+.PHONY: run test ui setup setup-stack lint clean
 
 run: setup
 	scripts/run_local.sh
 
-test: setup
+test: setup-stack
 	scripts/run_tests.sh
+
+ui: setup
+	scripts/ui.sh
 
 setup:
 	scripts/setup.sh
+
+setup-stack:
+	scripts/setup.sh --stack
 
 lint: setup
 	.venv/bin/ruff check recsys_tasks dags plugins tests
