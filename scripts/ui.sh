@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make ui`: the Airflow UI over `make run`'s embedded home (.airflow/, SQLite): an api-server, a scheduler and
-# a dag-processor (LocalExecutor) in the foreground; Ctrl-C stops all three. Prints the address and login.
+# a dag-processor (LocalExecutor) in the foreground; Ctrl-C (or SIGTERM to it) stops all three. Prints the
+# address and login.
 # Every listener is on 127.0.0.1; the login is kept in .airflow/ui-passwords.json.
 #   RECSYS_UI_PORT=8080 scripts/ui.sh
 set -euo pipefail
