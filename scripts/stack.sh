@@ -294,10 +294,11 @@ start_service() {
         RECSYS_WORKER_HOSTNAME="gpu-worker-$i" AIRFLOW__CORE__HOSTNAME_CALLABLE=recsys_airflow.worker_hostname \
         "$GPU_VENV/bin/airflow" celery worker -q gpu --concurrency 1 --skip-serve-logs --celery-hostname "gpu-worker-$i@%h" ;;
     default-worker)
-      # compose's airflow-worker (queue `default`), on the Airflow services' venv like compose's image.
+      # compose's airflow-worker (queue `default`), on the Airflow services' venv like compose's image; two
+      # processes, not Airflow's default [celery] worker_concurrency of 16: its tasks are light.
       start default-worker env RECSYS_WORKER_HOSTNAME=default-worker \
         AIRFLOW__CORE__HOSTNAME_CALLABLE=recsys_airflow.worker_hostname \
-        "$MAIN_VENV/bin/airflow" celery worker --skip-serve-logs --celery-hostname "default-worker@%h" ;;
+        "$MAIN_VENV/bin/airflow" celery worker --concurrency 2 --skip-serve-logs --celery-hostname "default-worker@%h" ;;
     *) die "unknown service '$name' (one of: $(services | tr '\n' ' '))" ;;
   esac
 }
@@ -379,7 +380,11 @@ cmd_up() {
   else
     init_airflow
   fi
-  for name in $(services); do start_service "$name"; done
+  for name in api-server scheduler dag-processor triggerer; do start_service "$name"; done
+  # The workers once the api-server answers: a task they took before would fail at once (its Execution API
+  # call refused) and spend a retry.
+  wait_for "api-server" healthy api-server
+  for name in $(services); do alive "$name" || start_service "$name"; done
   for name in $(services); do wait_for "$name" healthy "$name"; done
   log "up: UI http://127.0.0.1:$API_PORT (login $AIRFLOW_ADMIN_USERNAME / password in $ENV_FILE)"
   log "     run airflow against it: set -a; source $ENV_FILE; set +a; $MAIN_VENV/bin/airflow ..."

@@ -86,8 +86,9 @@ def test_same_commands_and_queue(compose):
     for service in ("api-server", "scheduler", "dag-processor", "triggerer"):
         assert stack[service][1:] == command_words(services[f"airflow-{service}"] if service != "api-server"
                                                    else services["airflow-apiserver"]), service
+    # Native only: two processes on a developer machine (compose keeps Airflow's worker_concurrency, 16).
     assert stack["default-worker"][1:] == command_words(services["airflow-worker"]) + [
-        "--celery-hostname", "default-worker@%h"]
+        "--concurrency", "2", "--celery-hostname", "default-worker@%h"]
     worker = stack["gpu-worker-$i"]
     assert ".venv-gpu-worker" in STACK and worker[0] == "$GPU_VENV/bin/airflow"
     compose_worker = command_words(services["gpu-worker"])
