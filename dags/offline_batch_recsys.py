@@ -29,8 +29,11 @@ recommendations for **every user** to Redis (RedisJSON), where applications read
 skips or is refused); `prune_runs` never deletes the published run or one still running.
 
 Each run writes to `<artifact_root>/offline_batch_recsys/<run_id>/`, so scheduled runs, manual
-runs and backfills never overwrite each other; unless the `data.seed` param is set, the data seed is
-tied to the logical date, so each date of a backfill has its own data. Every task runs on the `gpu`
+runs and backfills never overwrite each other. `max_active_runs=1` bounds scheduled and manual runs only:
+a backfill runs up to its own `--max-active-runs` (Airflow's default 10) besides, so dates can finish out of
+order (pass `--max-active-runs 1` for one at a time). Redis is protected whatever the order: `load_redis`
+never replaces a newer logical date (unless `store.force`). Unless the `data.seed` param is set, the data
+seed is tied to the logical date, so each date of a backfill has its own data. Every task runs on the `gpu`
 queue and pool and retries on its own (each scoring shard too, so N GPU workers score in parallel);
 a task running longer than `RECSYS_TASK_TIMEOUT_MINUTES` (environment of the dag-processor, default 240)
 fails and frees its GPU slot.
@@ -62,8 +65,12 @@ DEFAULT_ARGS = {
     "queue": "gpu",
     "pool": "gpu",
     "retries": 2,
-    "retry_delay": timedelta(minutes=5),
+    # A lost worker is detected after [scheduler] task_instance_heartbeat_timeout (90 s in the stack and
+    # compose); the retry then waits 30-60 s (backoff: up to 10 min later), not the 5-10 min of Airflow's
+    # default, which doubled a run's time after one worker death (docs/stack-operations.md).
+    "retry_delay": timedelta(seconds=30),
     "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=10),
     # A stuck task (a hung Dask cluster, a lost GPU) must not hold the GPU slot forever.
     "execution_timeout": timedelta(minutes=int(os.environ.get("RECSYS_TASK_TIMEOUT_MINUTES", "240"))),
 }

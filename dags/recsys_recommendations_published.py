@@ -7,6 +7,11 @@ updates each time it publishes a run to Redis. One run of this DAG follows each 
 skipped (Redis already holds a newer logical date) or refused (quality gate) emits no event, so nothing
 runs. The event's extra carries `run_id`, `logical_date`, `users`, `completed_at` and `manifest_key`.
 
+**Unpaused on creation** (`is_paused_upon_creation=False`, unlike every other DAG of the stack): it starts
+only on a publish event, never on a clock, so it cannot start work by itself; paused, the events of every
+publish would pile up unseen until someone unpaused it. `announce` runs on the `default` queue (no GPU):
+compose's `airflow-worker` and the native stack's `default-worker` consume it.
+
 The task only logs what was published: it is the template for consumers (cache warm-up, a notice to the
 serving team, an online A/B switch) that must start when fresh lists are live.
 """
@@ -25,6 +30,7 @@ from recsys_airflow import recommendations_asset
     schedule=[recommendations_asset()],
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
+    is_paused_upon_creation=False,
     tags=["recsys", "redis"],
     doc_md=__doc__,
 )

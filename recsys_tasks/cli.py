@@ -229,7 +229,7 @@ def _headline(summary: dict[str, Any]) -> str:
         oracle, k = retrieval.get("oracle"), str(retrieval["cutoffs"][0])
         return (f"recall@{k} model {retrieval['model']['recall'][k]:.4f} / popularity "
                 f"{retrieval['popularity']['recall'][k]:.4f} / oracle "
-                f"{oracle['recall'][k] if oracle else float('nan'):.4f}, AUC {summary['ranking']['auc']:.4f}, "
+                f"{format(oracle['recall'][k], '.4f') if oracle else 'n/a'}, AUC {summary['ranking']['auc']:.4f}, "
                 f"coverage {lists['catalog_coverage']:.3f}, report {summary.get('report_md', summary['report_json'])}")
     if stage == "load_redis":
         if not summary.get("published", True):

@@ -23,10 +23,16 @@ mkdir -p "$(dirname "$VENV")"
 exec 9>"$VENV.lock"
 flock 9
 
-stamp="$VENV/.gpu-worker-installed"
-want=$(cat constraints-merlin-23.08.txt constraints-gpu-worker.txt pyproject.toml scripts/install_gpu_worker.sh \
-       "$0" | sha256sum | cut -d' ' -f1)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+# Two stamps, one per layer: the image's Python layer (slow: TensorFlow, Merlin) is rebuilt only when its
+# inputs change; the Dockerfile's steps (Airflow, drivers, matplotlib, this package) are re-run in place
+# when only theirs do, as a new image build would reuse the base image.
+image_stamp="$VENV/.gpu-worker-image-layer"
+steps_stamp="$VENV/.gpu-worker-steps"
+image_want=$(printf '%s\n' "$PY310" "$IMAGE_PIP" "${IMAGE_PACKAGES[*]}" "${MERLIN_PACKAGES[*]}" \
+             | cat - constraints-merlin-23.08.txt | sha256sum | cut -d' ' -f1)
+steps_want=$(cat constraints-gpu-worker.txt pyproject.toml scripts/install_gpu_worker.sh "$0" | sha256sum | cut -d' ' -f1)
+image_ok() { [ -f "$image_stamp" ] && [ "$(cat "$image_stamp")" = "$image_want" ] && [ -x "$VENV/bin/python" ]; }
+if image_ok && [ -f "$steps_stamp" ] && [ "$(cat "$steps_stamp")" = "$steps_want" ]; then
   echo "==> $VENV is up to date"
   exit 0
 fi
@@ -34,13 +40,18 @@ if [ ! -x "$PY310" ]; then
   PY310=$(command -v python3.10 || true)
   [ -n "$PY310" ] || { echo "gpu_worker_venv.sh: no Python 3.10 (pyenv's ~/.pyenv/versions/3.10.13 or python3.10 on PATH); set PY310" >&2; exit 1; }
 fi
-echo "==> building the GPU-worker venv $VENV with $("$PY310" --version) (a few minutes the first time)"
-rm -rf "$VENV"
-"$PY310" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q "$IMAGE_PIP"
-# 1. The image: NVIDIA's Python layer, as far as PyPI has it.
-"$VENV/bin/python" -m pip install -q -c constraints-merlin-23.08.txt "${IMAGE_PACKAGES[@]}"
-"$VENV/bin/python" -m pip install -q --no-deps -c constraints-merlin-23.08.txt "${MERLIN_PACKAGES[@]}"
+if image_ok; then
+  echo "==> $VENV: the image layer is current; re-running the Dockerfile's install steps"
+else
+  echo "==> building the GPU-worker venv $VENV with $("$PY310" --version) (a few minutes the first time)"
+  rm -rf "$VENV"
+  "$PY310" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q "$IMAGE_PIP"
+  # 1. The image: NVIDIA's Python layer, as far as PyPI has it.
+  "$VENV/bin/python" -m pip install -q -c constraints-merlin-23.08.txt "${IMAGE_PACKAGES[@]}"
+  "$VENV/bin/python" -m pip install -q --no-deps -c constraints-merlin-23.08.txt "${MERLIN_PACKAGES[@]}"
+  echo "$image_want" > "$image_stamp"
+fi
 # 2. The Dockerfile's steps, same script.
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 cp constraints-gpu-worker.txt "$work/"
@@ -52,4 +63,4 @@ if [ "$check" != "$IMAGE_PIP_CHECK" ]; then
   echo "$check" >&2
   exit 1
 fi
-echo "$want" > "$stamp"
+echo "$steps_want" > "$steps_stamp"

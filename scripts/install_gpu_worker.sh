@@ -4,7 +4,8 @@
 #   scripts/gpu_worker_venv.sh   on a local Python 3.10 venv holding the image's Python layer
 #                                (constraints-merlin-23.08.txt), so the step is exercised without Docker.
 #
-#   install_gpu_worker.sh deps    PYTHON SRC   Airflow + Celery + drivers, the image's ML stack frozen
+#   install_gpu_worker.sh deps    PYTHON SRC   Airflow + Celery + drivers + matplotlib (the report's plots),
+#                                              the image's ML stack frozen
 #   install_gpu_worker.sh package PYTHON SRC   this package, without dependencies
 #
 # SRC holds constraints-gpu-worker.txt (deps) or pyproject.toml + recsys_tasks/ (package).
@@ -28,11 +29,11 @@ case "$step" in
       > "$pins"
     "$PYTHON" -m pip install ${PIP_QUIET:+"$PIP_QUIET"} -c "$pins" -c "$SRC/constraints-gpu-worker.txt" \
       "apache-airflow[celery]==${AIRFLOW_VERSION}" apache-airflow-providers-redis psycopg2-binary asyncpg hiredis \
-      threadpoolctl
+      threadpoolctl matplotlib
     # With a Postgres metadata URL, importing Airflow builds its sync and async engines: this fails when a
     # driver is missing (as the worker would at start), with no database needed.
     AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgresql+psycopg2://check:check@127.0.0.1:1/check \
-      "$PYTHON" -c "import airflow, asyncpg, psycopg2, celery; from airflow.providers.celery.executors import celery_executor; \
+      "$PYTHON" -c "import airflow, asyncpg, psycopg2, celery; from airflow.providers.celery.executors import celery_executor; import matplotlib; \
 assert airflow.__version__ == '${AIRFLOW_VERSION}', airflow.__version__"
     ;;
   package)

@@ -1,21 +1,37 @@
 #!/usr/bin/env bash
 # The production topology of docker-compose.yaml, run natively on this machine (no Docker engine needed):
-#   PostgreSQL (Debian's postgresql, a private cluster)   metadata DB + Celery result backend
-#   redis-server                                          Celery broker (password, no persistence)
-#   redis-server + RedisJSON                              the recommendations store (redis_recs), not the broker
-#   airflow api-server, scheduler, dag-processor, triggerer   CeleryExecutor, from the main venv (.venv, 3.11)
-#   2 x airflow celery worker -q gpu                      from the GPU-worker venv (.venv-gpu-worker, Python 3.10,
-#                                                         the Merlin 23.08 image's Python layer), pool `gpu` = 2
+#   postgres        PostgreSQL (Debian's postgresql, a private cluster): metadata DB + Celery result backend
+#   broker          redis-server: the Celery broker (password, append-only file, so queued tasks survive a stop)
+#   redis-recs      redis-server + RedisJSON: the recommendations store (connection redis_recs), not the broker
+#   api-server, scheduler, dag-processor, triggerer   Airflow, CeleryExecutor, from the main venv (.venv, 3.11)
+#   gpu-worker-N    airflow celery worker -q gpu, from the GPU-worker venv (.venv-gpu-worker, Python 3.10,
+#                   the Merlin 23.08 image's Python layer); pool `gpu` = GPU_WORKERS slots (default 2)
+#   default-worker  airflow celery worker on the `default` queue (compose's airflow-worker), from the main
+#                   venv: runs everything not routed to `gpu`, e.g. the downstream DAG's `announce`
 # Same variable names as .env.example / docker-compose.yaml; secrets are generated per stack.
 #
-#   scripts/stack.sh up       start everything, wait until healthy, print the UI address and login
-#   scripts/stack.sh status   every service: pid and health
-#   scripts/stack.sh down     stop everything and check that no process of the stack is left
-#   scripts/stack.sh env      print the stack's environment (source it to run `airflow ...` against it)
+#   scripts/stack.sh up                 create the stack on first use, start what is not running, wait
+#                                       until healthy, print the UI address and login
+#   scripts/stack.sh status             every service: pid, running and healthy
+#   scripts/stack.sh stop|start|restart SERVICE    one service (names as in `status`); state is kept
+#   scripts/stack.sh stop | start       every service (start = up)
+#   scripts/stack.sh down [--purge]     stop every service, check that none of the stack's processes is
+#                                       left; --purge then deletes the state (database, logs, broker, store)
+#   scripts/stack.sh env                print the stack's environment (source it to run `airflow ...`)
 #
-# STACK_DIR (default .stack/) holds the state: env file, logs, AIRFLOW_HOME, artifacts. Ports are picked
-# free at random. The caller's AIRFLOW__* and RECSYS* variables override the stack's defaults (tests use
-# that for tiny data). Needs `make setup` done (the main venv); builds the GPU-worker venv if missing.
+# State lives in STACK_DIR (default .stack/): stack.env (ports, secrets: written once, kept), logs/,
+# airflow/ (AIRFLOW_HOME: task logs), broker/, redis-recs/, artifacts/; the Postgres cluster lives in the
+# directory PG_DIR names (under /tmp: the `postgres` user must reach it when we run as root). Stop/start
+# keep all of it; only `down --purge` deletes it. Every listener binds 127.0.0.1; the Celery workers and the
+# triggerer serve no logs over HTTP (--skip-serve-logs): on one machine the api-server reads the task logs
+# from AIRFLOW_HOME/logs directly. The caller's AIRFLOW__* and RECSYS* variables override the stack's
+# defaults when stack.env is first written (tests use that for tiny data); later, edit stack.env and
+# restart the services. Needs `make setup` done (the main venv); builds the GPU-worker venv if missing.
+#
+# Processes: each service runs in its own session (setsid); its pid file holds the leader's pid and start
+# time. `stop`/`down` signal every process of those sessions, which includes the task processes Airflow
+# puts in process groups of their own (they keep the session). Nothing is found by environment variables,
+# so a shell that sourced stack.env, and anything started from it, is never touched.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,6 +44,8 @@ PIDS=$STACK_DIR/pids
 LOGS=$STACK_DIR/logs
 PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
 UP_TIMEOUT_S=${STACK_UP_TIMEOUT_S:-300}
+# A Celery worker's warm shutdown waits for its running task; after this, the task is stopped too.
+STOP_GRACE_S=${STACK_STOP_GRACE_S:-30}
 
 log() { echo "stack: $*" >&2; }
 die() { echo "stack: ERROR: $*" >&2; exit 1; }
@@ -38,8 +56,13 @@ load_env() {
   # shellcheck disable=SC1090
   source "$ENV_FILE"
   set +a
-  # Only the services carry the marker (start, as_pg): `down` must not find its own helpers.
-  export -n RECSYS_STACK_ID
+}
+
+services() {  # every service, in start order
+  printf "%s\n" postgres broker redis-recs api-server scheduler dag-processor triggerer
+  local i
+  for i in $(seq 1 "$GPU_WORKERS"); do echo "gpu-worker-$i"; done
+  echo default-worker
 }
 
 # ---------------------------------------------------------------------------------------------- env
@@ -48,7 +71,7 @@ write_env() {
   local ports
   read -r -a ports <<<"$("$py" - <<'PY'
 import socket
-socks = [socket.socket() for _ in range(10)]
+socks = [socket.socket() for _ in range(5)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))
@@ -65,13 +88,10 @@ print(Fernet.generate_key().decode(), secrets.token_urlsafe(64), secrets.token_u
 PY
 )"
   local pg_dir
-  # The cluster's directory must be reachable by the `postgres` user when we run as root (the caller's
-  # temp dirs often are not): a fresh private directory under /tmp, recorded here, removed by `down`.
   pg_dir=$(mktemp -d /tmp/recsys-stack-pg.XXXXXX)
   umask 077
   {
     echo "# Generated by scripts/stack.sh up; names as in .env.example. Secrets: this stack only."
-    echo "RECSYS_STACK_ID=recsys-stack-$(date +%s)-$$"
     echo "STACK_DIR=$STACK_DIR"
     echo "REPO=$REPO"
     echo "PG_DIR=$pg_dir"
@@ -80,8 +100,6 @@ PY
     echo "REDIS_RECS_PORT=${ports[2]}"
     echo "API_PORT=${ports[3]}"
     echo "SCHEDULER_HEALTH_PORT=${ports[4]}"
-    echo "TRIGGER_LOG_PORT=${ports[5]}"
-    for i in $(seq 1 "$GPU_WORKERS"); do echo "WORKER_${i}_LOG_PORT=${ports[$((5 + i))]}"; done
     echo "GPU_WORKERS=$GPU_WORKERS"
     # --- .env.example names ---
     echo "AIRFLOW_FERNET_KEY=${secrets[0]}"
@@ -95,14 +113,21 @@ PY
     echo "GPU_COUNT=$GPU_WORKERS"
     echo "RECSYS_NUM_SHARDS=${RECSYS_NUM_SHARDS:-$GPU_WORKERS}"
     echo "RECSYS_DASK_CLUSTER=${RECSYS_DASK_CLUSTER:-none}"
-    echo "RECSYS_NUM_ROWS=${RECSYS_NUM_ROWS:-1000000}"
+    # 100k impressions, not the notebook's 1M: unpausing the DAG starts a run for yesterday at once, and
+    # it must fit a developer machine next to everything else. Production size: docs/stack-operations.md.
+    echo "RECSYS_NUM_ROWS=${RECSYS_NUM_ROWS:-100000}"
     echo "RECSYS_TASK_TIMEOUT_MINUTES=${RECSYS_TASK_TIMEOUT_MINUTES:-240}"
+    # The broker redelivers an unacknowledged task after this: longer than the longest task may run
+    # (RECSYS_TASK_TIMEOUT_MINUTES) plus 15 min, or a long fit would be handed to a second worker.
+    echo "BROKER_VISIBILITY_TIMEOUT_S=$((${RECSYS_TASK_TIMEOUT_MINUTES:-240} * 60 + 900))"
     # --- x-airflow-common environment of docker-compose.yaml, with this machine's addresses ---
     cat <<'EOF'
 AIRFLOW__CORE__EXECUTOR=CeleryExecutor
 AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgresql+psycopg2://airflow:${POSTGRES_PASSWORD}@127.0.0.1:${PG_PORT}/airflow
 AIRFLOW__CELERY__RESULT_BACKEND=db+postgresql+psycopg2://airflow:${POSTGRES_PASSWORD}@127.0.0.1:${PG_PORT}/airflow
 AIRFLOW__CELERY__BROKER_URL=redis://:${BROKER_PASSWORD}@127.0.0.1:${BROKER_PORT}/0
+AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT=${BROKER_VISIBILITY_TIMEOUT_S}
+AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT=90
 AIRFLOW__CORE__FERNET_KEY=${AIRFLOW_FERNET_KEY}
 AIRFLOW__API__SECRET_KEY=${AIRFLOW_API_SECRET_KEY}
 AIRFLOW__API_AUTH__JWT_SECRET=${AIRFLOW_JWT_SECRET}
@@ -126,51 +151,69 @@ AIRFLOW__API__HOST=127.0.0.1
 AIRFLOW__API__PORT=${API_PORT}
 AIRFLOW__API__BASE_URL=http://127.0.0.1:${API_PORT}
 AIRFLOW__API__WORKERS=1
+AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST=127.0.0.1
 AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT=${SCHEDULER_HEALTH_PORT}
-AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=${TRIGGER_LOG_PORT}
 AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=${AIRFLOW_ADMIN_USERNAME}:admin
 AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=${STACK_DIR}/airflow/passwords.json
 PYTHONPATH=${REPO}:${REPO}/plugins
 TF_CPP_MIN_LOG_LEVEL=2
 EOF
     # The caller's overrides last, so they win.
-    env | grep -E '^(AIRFLOW__[A-Z0-9_]+|RECSYS__[A-Z0-9_]+|RECSYS_[A-Z0-9_]+)=' | grep -v '^RECSYS_STACK_ID=' \
+    env | grep -E '^(AIRFLOW__[A-Z0-9_]+|RECSYS__[A-Z0-9_]+|RECSYS_[A-Z0-9_]+)=' \
       | sed -E 's/^([A-Z0-9_]+)=(.*)$/\1='"'"'\2'"'"'/' || true
   } >"$ENV_FILE"
   umask 022
 }
 
 # ------------------------------------------------------------------------------------ processes
-# Every service runs in its own session (setsid) with RECSYS_STACK_ID in its environment: `down` stops the
-# sessions, then finds anything that still carries the marker.
-start() {
+# Field 22 of /proc/PID/stat; the command name before it is in parentheses and may hold spaces (setproctitle).
+start_time() { local stat; stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0; awk '{ print $20 }' <<<"${stat##*) }"; }
+
+start() {  # start NAME COMMAND...: COMMAND in a session of its own; the pid file records its leader
   local name=$1; shift
-  setsid env RECSYS_STACK_ID="$RECSYS_STACK_ID" "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
-  echo $! >"$PIDS/$name.pid"
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  local pid=$!
+  echo "$pid $(start_time "$pid")" >"$PIDS/$name.pid"
 }
 
-alive() { [ -f "$PIDS/$1.pid" ] && kill -0 "$(cat "$PIDS/$1.pid")" 2>/dev/null; }
-
-as_pg() {
-  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- env RECSYS_STACK_ID="$RECSYS_STACK_ID" "$@"
-  else env RECSYS_STACK_ID="$RECSYS_STACK_ID" "$@"; fi
+# The session of a service, if it has one: its leader's pid, unless that pid now belongs to another
+# process (same pid, other start time). A dead leader's session lives on while any member does (an orphaned
+# task process), and Linux never reuses the pid of a session that still has members.
+service_sid() {
+  local f=$PIDS/$1.pid pid recorded now
+  [ -f "$f" ] || return 1
+  read -r pid recorded <"$f"
+  now=$(start_time "$pid") || true
+  if [ -n "$now" ] && [ "$now" != "$recorded" ]; then return 1; fi
+  echo "$pid"
 }
 
-# A process belongs to the stack when it runs in one of the sessions `start` made (Airflow's setproctitle
-# rewrites command lines and environments, sessions survive), mentions the stack's directories on its
-# command line (postgres), or still carries the marker in its environment.
-stack_pids() {
-  local sids="" f own_sid
-  for f in "$PIDS"/*.pid; do [ -f "$f" ] && sids="$sids $(cat "$f")"; done
-  own_sid=$(ps -o sid= -p $$ | tr -d ' ')
-  {
-    ps -eo pid=,sid=,args= | awk -v sids="$sids" -v dir="$STACK_DIR/" -v pg="${PG_DIR:-/nonexistent}" \
-      -v own="$own_sid" 'BEGIN { n = split(sids, a, " "); for (i = 1; i <= n; i++) s[a[i]] = 1 }
-        $2 != own && (($2 in s) || index($0, dir) || index($0, pg)) { print $1 }'
-    # grep exits 2 when a process vanishes while it reads /proc: not an error here.
-    grep -lzx "RECSYS_STACK_ID=$RECSYS_STACK_ID" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3 || true
-  } | sort -un
+session_pids() {  # session_pids SID...: every live process in those sessions
+  [ $# -gt 0 ] || return 0
+  # Zombies are dead already: when init does not reap the orphans (some containers), they stay listed.
+  ps -eo pid=,sid=,stat= | awk -v sids=" $* " 'index(sids, " " $2 " ") && $3 !~ /^Z/ { print $1 }'
 }
+
+service_pids() { local sid; sid=$(service_sid "$1") || return 0; session_pids "$sid"; }
+
+alive() {  # the service's leader runs (and is not a zombie)
+  local sid stat
+  sid=$(service_sid "$1") && stat=$(ps -o stat= -p "$sid" 2>/dev/null) && [[ $stat != Z* ]]
+}
+
+stack_pids() {  # every live process of the stack (what `down` must leave empty)
+  local sids=() f sid
+  for f in "$PIDS"/*.pid; do
+    [ -f "$f" ] || continue
+    sid=$(service_sid "$(basename "$f" .pid)") && sids+=("$sid")
+  done
+  session_pids "${sids[@]}"
+}
+
+# The cluster belongs to `postgres` when we run as root (initdb and postgres refuse root).
+AS_PG=()
+[ "$(id -u)" -ne 0 ] || AS_PG=(runuser -u postgres --)
+as_pg() { "${AS_PG[@]}" "$@"; }
 
 wait_for() {  # wait_for DESCRIPTION COMMAND...: poll until the command succeeds or UP_TIMEOUT_S passes
   local what=$1; shift
@@ -198,144 +241,216 @@ job_ok() {
     "select count(*) from job where job_type = '$1' and state = 'running'
        and latest_heartbeat > now() - interval '60 seconds'" | grep -qv '^0$'
 }
-workers_ok() {  # every GPU worker answers a Celery ping
-  local names=() i
-  for i in $(seq 1 "$GPU_WORKERS"); do names+=("gpu-worker-$i@$(hostname)"); done
-  local out
-  out=$("$GPU_VENV/bin/celery" --app airflow.providers.celery.executors.celery_executor.app inspect ping \
-        -d "$(IFS=,; echo "${names[*]}")" --timeout 10 2>/dev/null) || return 1
-  for i in "${names[@]}"; do grep -q "$i: OK" <<<"$out" || return 1; done
+celery_ping() {  # celery_ping [-d NAME]: the workers' answers (a Celery start costs seconds: ask once)
+  "$GPU_VENV/bin/celery" --app airflow.providers.celery.executors.celery_executor.app inspect ping "$@" \
+    --timeout 15 2>/dev/null || true
+}
+worker_ok() {  # the Celery worker NAME answers a ping (or answered the one of $PING_ANSWERS)
+  local name="$1@$(hostname)"
+  grep -q "$name: OK" <<<"${PING_ANSWERS:-$(celery_ping -d "$name")}"
 }
 
-# ------------------------------------------------------------------------------------ up
-cmd_up() {
-  [ -x "$MAIN_VENV/bin/airflow" ] || die "no Airflow in $MAIN_VENV: run make setup first"
-  [ -x "$PG_BIN/initdb" ] || die "PostgreSQL server binaries not found (apt-get install postgresql; PG_BIN=$PG_BIN)"
-  command -v redis-server >/dev/null || die "redis-server not found (apt-get install redis-server)"
-  if [ -f "$ENV_FILE" ]; then
-    load_env
-    if [ -n "$(stack_pids)" ]; then die "a stack is already running in $STACK_DIR (scripts/stack.sh down first)"; fi
-  fi
-  "$REPO/scripts/gpu_worker_venv.sh"
-  rm -rf "$PIDS" "$LOGS" "$STACK_DIR/airflow"
-  mkdir -p "$PIDS" "$LOGS" "$STACK_DIR/airflow" "$STACK_DIR/artifacts"
-  write_env
-  load_env
-  "$MAIN_VENV/bin/python" "$REPO/scripts/check_airflow_secrets.py"
+healthy() {  # healthy SERVICE
+  case "$1" in
+    postgres) pg_ok ;;
+    broker) broker_ok ;;
+    redis-recs) store_ok ;;
+    api-server) api_ok ;;
+    scheduler) job_ok SchedulerJob ;;
+    dag-processor) job_ok DagProcessorJob ;;
+    triggerer) job_ok TriggererJob ;;
+    gpu-worker-*|default-worker) worker_ok "$1" ;;
+    *) die "unknown service '$1' (one of: $(services | tr '\n' ' '))" ;;
+  esac
+}
 
-  # PostgreSQL: a private cluster owned by `postgres` (initdb refuses root), TCP on 127.0.0.1 only.
-  if [ "$(id -u)" -eq 0 ]; then chown postgres: "$PG_DIR"; fi
+# ------------------------------------------------------------------------------------ one service
+start_service() {
+  local name=$1
+  if alive "$name"; then log "$name: already running"; return 0; fi
+  case "$name" in
+    postgres)
+      # A private cluster owned by `postgres` (initdb refuses root), TCP on 127.0.0.1 only.
+      as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" status >/dev/null 2>&1 && die "a postgres of another session runs on $PG_DIR"
+      start postgres "${AS_PG[@]}" "$PG_BIN/postgres" -D "$PG_DIR/data" -p "$PG_PORT" -k "$PG_DIR" \
+        -c listen_addresses=127.0.0.1 -c max_connections=200 ;;
+    broker)
+      start broker redis-server --port "$BROKER_PORT" --bind 127.0.0.1 --requirepass "$BROKER_PASSWORD" \
+        --save "" --appendonly yes --dir "$STACK_DIR/broker" ;;
+    redis-recs)
+      local rejson
+      rejson=$("$MAIN_VENV/bin/python" -m recsys_tasks.ops.local_redis module)
+      start redis-recs redis-server --port "$REDIS_RECS_PORT" --bind 127.0.0.1 --requirepass "$REDIS_RECS_PASSWORD" \
+        --appendonly yes --dir "$STACK_DIR/redis-recs" --loadmodule "$rejson" ;;
+    api-server) start api-server "$MAIN_VENV/bin/airflow" api-server ;;
+    scheduler) start scheduler "$MAIN_VENV/bin/airflow" scheduler ;;
+    dag-processor) start dag-processor "$MAIN_VENV/bin/airflow" dag-processor ;;
+    triggerer) start triggerer "$MAIN_VENV/bin/airflow" triggerer --skip-serve-logs ;;
+    gpu-worker-*)
+      local i=${name#gpu-worker-}
+      # The compose gpu-worker's command, from the Python 3.10 venv; a hostname per worker.
+      # Both workers share this host: each reports its own name on its task instances (hostname_callable).
+      start "gpu-worker-$i" env PATH="$GPU_VENV/bin:$PATH" \
+        RECSYS_WORKER_HOSTNAME="gpu-worker-$i" AIRFLOW__CORE__HOSTNAME_CALLABLE=recsys_airflow.worker_hostname \
+        "$GPU_VENV/bin/airflow" celery worker -q gpu --concurrency 1 --skip-serve-logs --celery-hostname "gpu-worker-$i@%h" ;;
+    default-worker)
+      # compose's airflow-worker (queue `default`), on the Airflow services' venv like compose's image; two
+      # processes, not Airflow's default [celery] worker_concurrency of 16: its tasks are light.
+      start default-worker env RECSYS_WORKER_HOSTNAME=default-worker \
+        AIRFLOW__CORE__HOSTNAME_CALLABLE=recsys_airflow.worker_hostname \
+        "$MAIN_VENV/bin/airflow" celery worker --concurrency 2 --skip-serve-logs --celery-hostname "default-worker@%h" ;;
+    *) die "unknown service '$name' (one of: $(services | tr '\n' ' '))" ;;
+  esac
+}
+
+stop_service() {  # stop_service NAME: the service and every process of its session; state is kept
+  local name=$1 pids left deadline
+  pids=$(service_pids "$name")
+  if [ "$name" = postgres ] && [ -f "$PG_DIR/data/postmaster.pid" ]; then
+    as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w -t 60 stop >/dev/null 2>&1 || true
+  fi
+  if [ -z "$pids" ]; then rm -f "$PIDS/$name.pid"; return 0; fi
+  # The leader's process group first (a Celery worker then shuts down warm), then the whole session.
+  local sid; sid=$(service_sid "$name")
+  kill -TERM -- "-$sid" 2>/dev/null || true
+  deadline=$((SECONDS + STOP_GRACE_S))
+  while left=$(service_pids "$name") && [ -n "$left" ] && ((SECONDS < deadline)); do sleep 1; done
+  if [ -n "$left" ]; then
+    # shellcheck disable=SC2086
+    kill -TERM $left 2>/dev/null || true
+    deadline=$((SECONDS + 10))
+    while left=$(service_pids "$name") && [ -n "$left" ] && ((SECONDS < deadline)); do sleep 1; done
+  fi
+  if [ -n "$left" ]; then
+    log "$name: still running after TERM, killing: $(echo "$left" | tr '\n' ' ')"
+    # shellcheck disable=SC2086
+    kill -KILL $left 2>/dev/null || true
+    sleep 1
+  fi
+  left=$(service_pids "$name")
+  [ -z "$left" ] || { ps -o pid,args -p "$(echo "$left" | paste -sd,)" >&2 || true; die "$name: processes left"; }
+  rm -f "$PIDS/$name.pid"
+  log "$name: stopped"
+}
+
+# ------------------------------------------------------------------------------------ first use
+init_postgres() {  # a new cluster and the `airflow` database
+  [ "$(id -u)" -ne 0 ] || chown postgres: "$PG_DIR"
   chmod 700 "$PG_DIR"
   printf '%s\n' "$POSTGRES_PASSWORD" >"$PG_DIR/pwfile"
   [ "$(id -u)" -ne 0 ] || chown postgres: "$PG_DIR/pwfile"
   as_pg "$PG_BIN/initdb" -D "$PG_DIR/data" -U airflow --pwfile="$PG_DIR/pwfile" --auth=scram-sha-256 \
     -E UTF8 >"$LOGS/postgres-initdb.log" 2>&1 || { cat "$LOGS/postgres-initdb.log" >&2; die "initdb failed"; }
   rm -f "$PG_DIR/pwfile"
-  as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w -t 60 \
-    -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
-  PGPASSWORD=$POSTGRES_PASSWORD "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U airflow airflow
-  wait_for "postgres on 127.0.0.1:$PG_PORT" pg_ok
+}
 
-  mkdir -p "$STACK_DIR/broker" "$STACK_DIR/redis-recs"
-  start broker redis-server --port "$BROKER_PORT" --bind 127.0.0.1 --requirepass "$BROKER_PASSWORD" \
-    --save "" --appendonly no --dir "$STACK_DIR/broker"
-  rejson=$("$MAIN_VENV/bin/python" -m recsys_tasks.ops.local_redis module)
-  start redis-recs redis-server --port "$REDIS_RECS_PORT" --bind 127.0.0.1 --requirepass "$REDIS_RECS_PASSWORD" \
-    --appendonly yes --dir "$STACK_DIR/redis-recs" --loadmodule "$rejson"
-  wait_for "broker redis on :$BROKER_PORT" broker_ok
-  wait_for "store redis (RedisJSON) on :$REDIS_RECS_PORT" store_ok
-
-  # airflow-init: migrate, login, pool `gpu` (one slot per GPU worker), connection redis_recs.
+init_airflow() {  # airflow-init: login, migrate, pool `gpu` (one slot per GPU worker), connection redis_recs
   printf '{"%s": "%s"}\n' "$AIRFLOW_ADMIN_USERNAME" "$AIRFLOW_ADMIN_PASSWORD" >"$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
+  PGPASSWORD=$POSTGRES_PASSWORD "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U airflow airflow
   "$MAIN_VENV/bin/airflow" db migrate >"$LOGS/init.log" 2>&1 || { tail -40 "$LOGS/init.log" >&2; die "airflow db migrate failed"; }
-  # Pool and connection are written while the services start (each CLI call costs seconds of imports).
-  (
+  {
     "$MAIN_VENV/bin/airflow" pools set gpu "$GPU_COUNT" "GPU slots: one per GPU worker"
     "$MAIN_VENV/bin/airflow" connections add redis_recs --conn-type redis --conn-host 127.0.0.1 \
       --conn-port "$REDIS_RECS_PORT" --conn-password "$REDIS_RECS_PASSWORD" --conn-extra '{"db": 0}'
-  ) >>"$LOGS/init.log" 2>&1 &
-  local init_pid=$!
-
-  start api-server "$MAIN_VENV/bin/airflow" api-server
-  start scheduler "$MAIN_VENV/bin/airflow" scheduler
-  start dag-processor "$MAIN_VENV/bin/airflow" dag-processor
-  start triggerer "$MAIN_VENV/bin/airflow" triggerer
-  for i in $(seq 1 "$GPU_WORKERS"); do
-    port_var=WORKER_${i}_LOG_PORT
-    # The compose gpu-worker's command, from the Python 3.10 venv; a hostname per worker.
-    # Both workers share this host: each reports its own name on its task instances (hostname_callable).
-    start "gpu-worker-$i" env PATH="$GPU_VENV/bin:$PATH" AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT="${!port_var}" \
-      RECSYS_WORKER_HOSTNAME="gpu-worker-$i" AIRFLOW__CORE__HOSTNAME_CALLABLE=recsys_airflow.worker_hostname \
-      "$GPU_VENV/bin/airflow" celery worker -q gpu --concurrency 1 --celery-hostname "gpu-worker-$i@%h"
-  done
-  wait "$init_pid" || { tail -40 "$LOGS/init.log" >&2; die "airflow-init (pool, connection) failed"; }
+  } >>"$LOGS/init.log" 2>&1 || { tail -40 "$LOGS/init.log" >&2; die "airflow-init (pool, connection) failed"; }
+  touch "$STACK_DIR/.initialized"
   log "airflow-init done: pool gpu=$GPU_COUNT, connection redis_recs -> 127.0.0.1:$REDIS_RECS_PORT"
-  wait_for "api-server on http://127.0.0.1:$API_PORT" api_ok
-  wait_for "scheduler" job_ok SchedulerJob
-  wait_for "dag-processor" job_ok DagProcessorJob
-  wait_for "triggerer" job_ok TriggererJob
-  wait_for "$GPU_WORKERS GPU workers (queue gpu)" workers_ok
+}
+
+# ------------------------------------------------------------------------------------ commands
+cmd_up() {
+  [ -x "$MAIN_VENV/bin/airflow" ] || die "no Airflow in $MAIN_VENV: run make setup first"
+  [ -x "$PG_BIN/postgres" ] || die "PostgreSQL server binaries not found (apt-get install postgresql; PG_BIN=$PG_BIN)"
+  command -v redis-server >/dev/null || die "redis-server not found (apt-get install redis-server)"
+  "$REPO/scripts/gpu_worker_venv.sh"
+  mkdir -p "$PIDS" "$LOGS" "$STACK_DIR/airflow" "$STACK_DIR/artifacts" "$STACK_DIR/broker" "$STACK_DIR/redis-recs"
+  if [ ! -f "$ENV_FILE" ]; then write_env; log "new stack in $STACK_DIR"; fi
+  load_env
+  "$MAIN_VENV/bin/python" "$REPO/scripts/check_airflow_secrets.py"
+  [ -d "$PG_DIR/data" ] || init_postgres
+
+  local name
+  for name in postgres broker redis-recs; do start_service "$name"; done
+  wait_for "postgres on 127.0.0.1:$PG_PORT" pg_ok
+  wait_for "broker redis on :$BROKER_PORT" broker_ok
+  wait_for "store redis (RedisJSON) on :$REDIS_RECS_PORT" store_ok
+  if [ -f "$STACK_DIR/.initialized" ]; then
+    # Kept state: only what a newer Airflow would need.
+    "$MAIN_VENV/bin/airflow" db migrate >>"$LOGS/init.log" 2>&1 || { tail -40 "$LOGS/init.log" >&2; die "airflow db migrate failed"; }
+  else
+    init_airflow
+  fi
+  for name in api-server scheduler dag-processor triggerer; do start_service "$name"; done
+  # The workers once the api-server answers: a task they took before would fail at once (its Execution API
+  # call refused) and spend a retry.
+  wait_for "api-server" healthy api-server
+  for name in $(services); do alive "$name" || start_service "$name"; done
+  for name in $(services); do wait_for "$name" healthy "$name"; done
   log "up: UI http://127.0.0.1:$API_PORT (login $AIRFLOW_ADMIN_USERNAME / password in $ENV_FILE)"
   log "     run airflow against it: set -a; source $ENV_FILE; set +a; $MAIN_VENV/bin/airflow ..."
 }
 
-# ------------------------------------------------------------------------------------ status
 cmd_status() {
   load_env
-  local rc=0 name
-  for f in "$PIDS"/*.pid; do
-    name=$(basename "$f" .pid)
-    if alive "$name"; then printf '%-16s running  pid %s\n' "$name" "$(cat "$f")"
-    else printf '%-16s DOWN\n' "$name"; rc=1; fi
+  local rc=0 name state health
+  PING_ANSWERS="$(celery_ping) "
+  printf '%-16s %-8s %-10s %s\n' SERVICE PID STATE HEALTH
+  for name in $(services); do
+    if alive "$name"; then state=running; else state=DOWN; rc=1; fi
+    if healthy "$name" >/dev/null 2>&1; then health=healthy; else health=UNHEALTHY; rc=1; fi
+    printf '%-16s %-8s %-10s %s\n' "$name" "$(service_sid "$name" 2>/dev/null || echo -)" "$state" "$health"
   done
-  check() { if "${@:2}" >/dev/null 2>&1; then printf '%-16s healthy\n' "$1"; else printf '%-16s UNHEALTHY\n' "$1"; rc=1; fi; }
-  check postgres pg_ok
-  check broker broker_ok
-  check redis-recs store_ok
-  check api-server api_ok
-  check scheduler job_ok SchedulerJob
-  check dag-processor job_ok DagProcessorJob
-  check triggerer job_ok TriggererJob
-  check "gpu-workers" workers_ok
-  echo "UI http://127.0.0.1:$API_PORT  state $STACK_DIR"
+  echo "UI http://127.0.0.1:$API_PORT  state $STACK_DIR  postgres $PG_DIR"
   return $rc
 }
 
-# ------------------------------------------------------------------------------------ down
-cmd_down() {
-  if [ ! -f "$ENV_FILE" ]; then log "no stack in $STACK_DIR"; return 0; fi
-  load_env
-  local f pid
-  # Workers first (a warm shutdown lets a running task finish its heartbeat), then the rest.
-  for f in "$PIDS"/gpu-worker-*.pid "$PIDS"/*.pid; do
-    [ -f "$f" ] || continue
-    pid=$(cat "$f")
-    kill -TERM -- "-$pid" 2>/dev/null || true
-  done
-  if [ -d "$PG_DIR/data" ]; then as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w -t 60 stop >/dev/null 2>&1 || true; fi
-  local deadline=$((SECONDS + 45)) left
-  left=$(stack_pids)
-  while [ -n "$left" ] && ((SECONDS < deadline)); do sleep 1; left=$(stack_pids); done
-  if [ -n "$left" ]; then
-    log "still running after 45 s, killing: $(echo "$left" | tr '\n' ' ')"
-    # shellcheck disable=SC2086
-    kill -KILL $left 2>/dev/null || true
-    sleep 1
-  fi
-  left=$(stack_pids)
-  rm -rf "$PIDS"
-  [ -n "${PG_DIR:-}" ] && [[ "$PG_DIR" == /tmp/recsys-stack-pg.* ]] && rm -rf "$PG_DIR"
+cmd_stop_all() {
+  local name
+  # Workers first (a warm shutdown lets a running task report), the databases last.
+  for name in $(services | tac); do stop_service "$name"; done
+  local left; left=$(stack_pids)
   if [ -n "$left" ]; then
     ps -o pid,args -p "$(echo "$left" | paste -sd,)" >&2 || true
     die "processes of the stack are still running"
   fi
-  log "down: no process of the stack is left (state kept in $STACK_DIR)"
+}
+
+cmd_down() {
+  local purge=${1:-}
+  [ -z "$purge" ] || [ "$purge" = --purge ] || die "usage: scripts/stack.sh down [--purge]"
+  if [ ! -f "$ENV_FILE" ]; then log "no stack in $STACK_DIR"; return 0; fi
+  load_env
+  cmd_stop_all
+  if [ -n "$purge" ]; then
+    [[ "$PG_DIR" == /tmp/recsys-stack-pg.* ]] && rm -rf "$PG_DIR"
+    rm -rf "$PIDS" "$LOGS" "$STACK_DIR/airflow" "$STACK_DIR/broker" "$STACK_DIR/redis-recs" \
+      "$STACK_DIR/artifacts" "$STACK_DIR/.initialized" "$ENV_FILE"
+    log "down --purge: no process of the stack is left; DELETED its state: the Postgres cluster $PG_DIR" \
+      "(run history), Airflow logs, broker queue, recommendations store, artifacts and stack.env"
+  else
+    log "down: no process of the stack is left; state kept (run history in $PG_DIR, logs, broker and store" \
+      "in $STACK_DIR): scripts/stack.sh up resumes it, down --purge deletes it"
+  fi
+}
+
+one_service() {  # one_service ACTION NAME
+  load_env
+  [[ " $(services | tr '\n' ' ') " == *" $2 "* ]] || die "unknown service '$2' (one of: $(services | tr '\n' ' '))"
+  case "$1" in
+    stop) stop_service "$2" ;;
+    start) start_service "$2"; wait_for "$2" healthy "$2" ;;
+    restart) stop_service "$2"; start_service "$2"; wait_for "$2" healthy "$2" ;;
+  esac
 }
 
 case "${1:-}" in
   up) cmd_up ;;
-  down) cmd_down ;;
+  start) if [ -n "${2:-}" ]; then one_service start "$2"; else cmd_up; fi ;;
+  stop) if [ -n "${2:-}" ]; then one_service stop "$2"; else load_env; cmd_stop_all; fi ;;
+  restart) [ -n "${2:-}" ] || die "usage: scripts/stack.sh restart SERVICE"; one_service restart "$2" ;;
+  down) cmd_down "${2:-}" ;;
   status) cmd_status ;;
   env) load_env; grep -v '^#' "$ENV_FILE" ;;
-  *) echo "usage: scripts/stack.sh up|down|status|env" >&2; exit 2 ;;
+  *) echo "usage: scripts/stack.sh up | status | stop [SERVICE] | start [SERVICE] | restart SERVICE | down [--purge] | env" >&2
+     exit 2 ;;
 esac

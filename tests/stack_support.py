@@ -19,11 +19,12 @@ STACK_SH = REPO / "scripts" / "stack.sh"
 DAG_ID = "offline_batch_recsys"
 
 
-def stack_command(action: str, env: dict[str, str], timeout_s: float = 900) -> subprocess.CompletedProcess:
-    result = subprocess.run(["bash", str(STACK_SH), action], env=env, capture_output=True, text=True,
+def stack_command(*args: str, env: dict[str, str], timeout_s: float = 900, check: bool = True
+                  ) -> subprocess.CompletedProcess:
+    result = subprocess.run(["bash", str(STACK_SH), *args], env=env, capture_output=True, text=True,
                             timeout=timeout_s)
-    if result.returncode != 0:
-        raise AssertionError(f"stack.sh {action} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+    if check and result.returncode != 0:
+        raise AssertionError(f"stack.sh {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
                              f"{result.stderr[-6000:]}")
     return result
 
@@ -35,23 +36,36 @@ def stack_env(stack_dir: Path) -> dict[str, str]:
     return dict(item.split("=", 1) for item in out.decode().split("\0") if "=" in item)
 
 
-def stack_processes(stack_dir: Path, stack_env: dict[str, str], sessions: set[int]) -> list[str]:
+def service_sessions(stack_dir: Path) -> dict[str, int]:
+    """Service name -> the session its pid file names (stack.sh writes ``pid start-time``)."""
+    return {p.stem: int(p.read_text().split()[0]) for p in (stack_dir / "pids").glob("*.pid")}
+
+
+def session_members(sid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True, check=True).stdout
+    return [int(pid) for pid, s in (line.split() for line in out.splitlines()) if int(s) == sid]
+
+
+def stack_processes(stack_env: dict[str, str], sessions: set[int], outsiders: set[int]) -> list[str]:
     """``pid sid args`` of every live process of the stack (what `down` must leave empty): in one of the
-    services' sessions, naming the stack's directories, or carrying its marker in the environment."""
+    services' sessions, or running with the stack's AIRFLOW_HOME in its environment, except the outsiders
+    (processes a user started with the stack's environment, which `down` must leave alone)."""
     found = []
     own_sid = os.getsid(0)
-    out = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["ps", "-eo", "pid=,sid=,stat=,args="], capture_output=True, text=True, check=True).stdout
     for line in out.splitlines():
-        pid, sid, args = (line.split(None, 2) + [""])[:3]
-        if int(sid) == own_sid:
+        pid, sid, stat, _args = (line.split(None, 3) + [""])[:4]
+        # A zombie is dead already (in containers whose init does not reap orphans, they stay listed).
+        if stat.startswith("Z"):
             continue
-        if int(sid) in sessions or f"{stack_dir}/" in args or stack_env["PG_DIR"] in args:
+        if int(sid) != own_sid and int(sid) in sessions and int(pid) not in outsiders:
             found.append(line.strip())
-    marker = f"RECSYS_STACK_ID={stack_env['RECSYS_STACK_ID']}".encode()
+    marker = f"AIRFLOW_HOME={stack_env['AIRFLOW_HOME']}".encode()
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and marker in (proc / "environ").read_bytes().split(b"\0"):
-                found.append(f"{proc.name} (marker) {(proc / 'cmdline').read_bytes()[:200]!r}")
+            if (proc.name.isdigit() and int(proc.name) not in outsiders and int(proc.name) != os.getpid()
+                    and marker in (proc / "environ").read_bytes().split(b"\0")):
+                found.append(f"{proc.name} (stack environment) {(proc / 'cmdline').read_bytes()[:200]!r}")
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
     return found
@@ -91,12 +105,18 @@ class AirflowApi:
     def patch(self, path: str, body: Any) -> Any:
         return self._request("PATCH", path, body)
 
-    def dag_runs(self) -> list[dict]:
-        return self.get(f"/api/v2/dags/{DAG_ID}/dagRuns?limit=100&order_by=logical_date")["dag_runs"]
+    def dag_runs(self, dag_id: str = DAG_ID) -> list[dict]:
+        return self.get(f"/api/v2/dags/{dag_id}/dagRuns?limit=100&order_by=logical_date")["dag_runs"]
 
-    def task_instances(self, run_id: str) -> list[dict]:
+    def task_instances(self, run_id: str, dag_id: str = DAG_ID) -> list[dict]:
         quoted = urllib.request.quote(run_id, safe="")
-        return self.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{quoted}/taskInstances?limit=100")["task_instances"]
+        return self.get(f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances?limit=100")["task_instances"]
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str) -> Any:
+        quoted = urllib.request.quote(run_id, safe="")
+        value = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances/{task_id}/xcomEntries/"
+                         "return_value?deserialize=true")["value"]
+        return json.loads(value) if isinstance(value, str) else value
 
     def wait_for_dag(self, timeout_s: float) -> dict:
         deadline = time.monotonic() + timeout_s

@@ -226,3 +226,20 @@ def test_the_secrets_check_names_each_bad_value():
     assert len(bad_fernet) == 1 and "is not a Fernet key" in bad_fernet[0]
     short_jwt = check.problems({**good, "AIRFLOW__API_AUTH__JWT_SECRET": "x" * 43})
     assert len(short_jwt) == 1 and "43 bytes" in short_jwt[0] and ">= 64" in short_jwt[0]
+
+
+def test_the_gpu_worker_draws_plots_with_a_matplotlib_for_its_numpy():
+    """matplotlib comes with the install step (the image has none), pinned to the last series that accepts
+    the image's numpy 1.22.4 (3.9 needs numpy >= 1.23)."""
+    assert pinned("constraints-merlin-23.08.txt", "numpy") == "1.22.4"
+    major, minor, _ = pinned("constraints-gpu-worker.txt", "matplotlib").split(".")
+    assert (int(major), int(minor)) == (3, 8)
+    assert " matplotlib" in (REPO / "scripts" / "install_gpu_worker.sh").read_text()
+
+
+def test_a_lost_worker_is_noticed_in_minutes(services):
+    common = services["airflow-scheduler"]["environment"]
+    assert int(common["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"]) <= 120
+    visibility = common["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT"]
+    assert visibility == "${BROKER_VISIBILITY_TIMEOUT_S:-15300}"
+    assert 15300 > 240 * 60  # above the default task timeout (RECSYS_TASK_TIMEOUT_MINUTES)

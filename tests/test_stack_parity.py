@@ -18,6 +18,10 @@ STACK = (REPO / "scripts" / "stack.sh").read_text()
 COMPOSE_ONLY = {"AIRFLOW__CORE__AUTH_MANAGER"}
 # .env.example names that only make sense for containers (file ownership on volumes, a GPU index).
 HOST_ONLY = {"AIRFLOW_UID", "GPU_WORKER_DEVICE"}
+# Native only: on one machine the api-server reads task logs from the shared AIRFLOW_HOME/logs, so the
+# workers and the triggerer open no log server (it would listen on every interface: Airflow has no host
+# setting for it). In compose each container serves its own logs on the compose network.
+NATIVE_ONLY_FLAGS = {"--skip-serve-logs"}
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +49,16 @@ def referenced(value: str, names: set[str]) -> set[str]:
 
 
 def stack_commands() -> dict[str, list[str]]:
-    """`start NAME ... <venv>/bin/airflow ARGS` lines of stack.sh -> the Airflow arguments per service."""
+    """`start NAME ... <venv>/bin/airflow ARGS` lines of stack.sh -> the Airflow arguments per service
+    (without the native-only flags)."""
     commands = {}
     text = STACK.replace("\\\n", " ")
     for line in text.splitlines():
-        match = re.match(r'\s*start "?([a-z0-9$-]+)"? (.*)$', line)
+        match = re.match(r'\s*(?:[a-z0-9*|-]+\)\s*)?start "?([a-z0-9$-]+)"? (.*?)(?:\s*;;)?$', line)
         if match and "/bin/airflow" in match.group(2):
             words = shlex.split(match.group(2))
             index = next(i for i, w in enumerate(words) if w.endswith("/bin/airflow"))
-            commands[match.group(1)] = words[index:]
+            commands[match.group(1)] = [w for w in words[index:] if w not in NATIVE_ONLY_FLAGS]
     return commands
 
 
@@ -81,6 +86,9 @@ def test_same_commands_and_queue(compose):
     for service in ("api-server", "scheduler", "dag-processor", "triggerer"):
         assert stack[service][1:] == command_words(services[f"airflow-{service}"] if service != "api-server"
                                                    else services["airflow-apiserver"]), service
+    # Native only: two processes on a developer machine (compose keeps Airflow's worker_concurrency, 16).
+    assert stack["default-worker"][1:] == command_words(services["airflow-worker"]) + [
+        "--concurrency", "2", "--celery-hostname", "default-worker@%h"]
     worker = stack["gpu-worker-$i"]
     assert ".venv-gpu-worker" in STACK and worker[0] == "$GPU_VENV/bin/airflow"
     compose_worker = command_words(services["gpu-worker"])
