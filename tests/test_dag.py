@@ -92,7 +92,9 @@ def test_summaries_travel_whole_as_one_xcom(dag):
 def test_every_param_is_a_config_key(dag):
     from recsys_tasks.config import Config
 
-    Config().with_overrides({key: 3 for key in dag.params})
+    defaults = Config().to_dict()
+    # Each key with its default value: an unknown key is refused whatever its value.
+    Config().with_overrides({key: defaults[key.split(".")[0]][key.split(".")[1]] for key in dag.params})
 
 
 def test_parsing_the_dag_imports_nothing_heavy(airflow_env):
