@@ -69,7 +69,7 @@ def _main(argv: list[str]) -> int:
 
         return bench_main(argv[1:])
     if argv[:1] == ["bench-store"]:
-        from .bench.store import main as bench_store_main
+        from .bench.store_load import main as bench_store_main
 
         return bench_store_main(argv[1:])
     if argv[:1] == ["import-interactions"]:

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from recsys_tasks.bench import store as bench_store
+from recsys_tasks.bench import store_load as bench_store
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-benchmark") is None, reason="redis-benchmark not installed")
 

@@ -24,7 +24,7 @@ import pytest
 import redis
 from conftest import REPO, make_run, rows_for, write_recs
 
-from recsys_tasks.bench.store import synthetic_recommendations
+from recsys_tasks.bench.store_load import synthetic_recommendations
 from recsys_tasks.config import StoreConfig
 from recsys_tasks.ops.local_redis import LocalCluster, LocalRedis, free_port
 from recsys_tasks.store import CapacityError, RedisUnavailableError, publish, read_manifest
