@@ -38,8 +38,8 @@ from ..runtime import (
     write_summary,
 )
 from .blend import Blend, fit_blend, fixed_blend
-from .candidates import attach_index, retrieval_kernel, retrieve
-from .catalog import Catalog, embedding_matrix, load_catalog
+from .candidates import attach_index, retrieval_kernel, retrieve, with_popular_candidates
+from .catalog import Catalog, embedding_matrix, load_catalog, with_history
 from .ranker import make_ranker, pair_features, rank_pairs
 
 log = get_logger("score")
@@ -47,14 +47,19 @@ log = get_logger("score")
 
 def score_chunk(
     catalog: Catalog, model: Any, user_rows: np.ndarray, top_k: int, top_n: int, rank_batch_rows: int,
-    kernel: str = "auto", blend: Blend | None = None,
+    kernel: str = "auto", blend: Blend | None = None, popular_candidates: int = 0,
 ) -> dict[str, Any]:
     """Recommendations for one chunk of users: raw user ids, raw item ids best first, their final scores.
 
     ``model`` is the DLRM (run whole on every pair) or a ranker of :mod:`recsys_tasks.scoring.ranker`;
-    ``blend`` the final order (None: the DLRM order, whose scores are click probabilities).
+    ``blend`` the final order (None: the DLRM order, whose scores are click probabilities);
+    ``popular_candidates`` popular items under the blend's prior join the retrieved candidates.
     """
     candidate_rows, retrieval_scores = retrieve(catalog, user_rows, top_k, kernel)
+    if blend is not None:
+        candidate_rows, retrieval_scores = with_popular_candidates(
+            catalog, user_rows, candidate_rows, retrieval_scores, catalog.prior(blend.half_life_days),
+            popular_candidates)
     probabilities = None
     if blend is None or blend.uses_dlrm:
         if callable(model) and not hasattr(model, "predict"):
@@ -66,7 +71,8 @@ def score_chunk(
         ranked = probabilities
     else:
         retrieval_scores = np.where(candidate_rows >= 0, retrieval_scores, 0.0)
-        ranked = blend.combine(retrieval_scores, probabilities, catalog.popularity_prior[np.maximum(candidate_rows, 0)])
+        ranked = blend.combine(retrieval_scores, probabilities,
+                               catalog.prior(blend.half_life_days)[np.maximum(candidate_rows, 0)])
     ranked[candidate_rows < 0] = -np.inf
     # Stable sort keeps retrieval order between equal DLRM scores.
     order = np.argsort(-ranked, axis=1, kind="stable")[:, :top_n]
@@ -157,6 +163,8 @@ def plan_shards(config: Config, run_dir: str | Path, inputs: tuple[Catalog, Any]
         catalog, model = inputs if inputs is not None else _load_inputs(paths, config.scoring)
         if kernel in ("ivf", "hnsw") and catalog.ann_index is None:
             attach_index(catalog, kind=kernel, settings=config.scoring, path=paths.ann_index(kernel))
+        # Fitted on what the models were validated with: the training days (the validation days are the targets).
+        catalog = with_history(catalog, paths, config.scoring.exclude, "train")
         ranker = make_ranker(model, catalog, config.scoring.rank_batch_rows, config.scoring.factored_ranking)
         plan["blend"] = fit_blend(catalog, ranker, require(paths.valid, "transform"), config.scoring, kernel)
     else:
@@ -200,7 +208,7 @@ def _score_part(
         for chunk_start in range(0, len(rows), settings.user_chunk_size):
             user_rows = rows[chunk_start:chunk_start + settings.user_chunk_size]
             chunk = score_chunk(catalog, ranker, user_rows, settings.top_k, settings.top_n, settings.rank_batch_rows,
-                                kernel, blend)
+                                kernel, blend, settings.popular_candidates)
             writer.write_table(pa.Table.from_pydict(chunk, schema=schema))
             users_done += len(user_rows)
             short_lists += sum(len(r) < settings.top_n for r in chunk["recommendations"])
@@ -233,7 +241,7 @@ def _load_inputs(paths: RunPaths, settings: Any) -> tuple[Catalog, Any]:
     # The model first: restoring a SavedModel briefly takes ~1 GB more than the loaded model holds, so
     # doing it before the catalog exists keeps a million users' tables out of the stage's peak memory.
     model = load_dlrm(require(paths.dlrm, "fit_ranking"))
-    catalog = load_catalog(paths, settings.exclude)
+    catalog = load_catalog(paths, settings.exclude, settings.history)
     if catalog.num_items < settings.top_n:
         raise InputDataError(
             f"{paths.item_features}: the catalog has {catalog.num_items} items, fewer than "
