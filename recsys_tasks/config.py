@@ -84,6 +84,12 @@ class Config(BaseSettings):
             raise ConfigError(f"{origin}: {_one_line(exc)}") from None
 
 
+# _Environment overrides EnvSettingsSource._load_env_vars, a private method: pydantic-settings has no public
+# way to read variables from a given mapping (pydantic/pydantic-settings#653). The versions it was checked
+# on (major.minor; this venv and the GPU worker's); tests/test_config.py fails with this note on any other.
+PYDANTIC_SETTINGS_CHECKED = ("2.15", "2.16")
+
+
 class _Environment(EnvSettingsSource):
     """pydantic-settings' reading of ``RECSYS__SECTION__FIELD`` variables, from a given mapping."""
 

@@ -97,23 +97,12 @@ def read_summary(paths: RunPaths, stage: str) -> dict[str, Any]:
     return json.loads(require(paths.summary(stage), stage).read_text())
 
 
-def _status_kib(field: str) -> int | None:
-    """A ``VmHWM``/``VmRSS`` line of ``/proc/self/status`` in KiB (None where /proc is not Linux's)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def reset_peak_rss() -> bool:
     """Reset this process's peak RSS (``VmHWM``) to its current RSS (Linux ``clear_refs`` value 5).
 
     Airflow may run several tasks in one process (``airflow dags test``); resetting at each task's start
     makes the peak read at its end that task's own. Returns False where the kernel does not allow it.
+    psutil has neither the reset nor ``VmHWM``, so both stay on ``/proc``.
     """
     try:
         with open("/proc/self/clear_refs", "w") as fh:
@@ -123,13 +112,35 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def memory_usage(reset_ok: bool, rss_at_start_kib: int | None) -> dict[str, Any]:
+def peak_rss_bytes() -> int | None:
+    """This process's peak RSS since it started or since :func:`reset_peak_rss` (``VmHWM``; None off Linux).
+
+    Not ``getrusage``'s ``ru_maxrss``: that one survives ``exec`` (a child of a large parent reports the
+    parent's size at ``fork``) and ignores the reset.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now."""
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def memory_usage(reset_ok: bool, rss_at_start: int | None) -> dict[str, Any]:
     """Peak and start RSS of this process for a stage summary (bytes); ``peak_rss_is_stage_only`` says
     whether the peak was reset at the stage's start (else it is the whole process's peak so far)."""
-    peak = _status_kib("VmHWM")
     return {
-        "peak_rss_bytes": None if peak is None else peak * 1024,
-        "rss_at_start_bytes": None if rss_at_start_kib is None else rss_at_start_kib * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "rss_at_start_bytes": rss_at_start,
         "peak_rss_is_stage_only": reset_ok,
         "pid": os.getpid(),
     }
@@ -149,26 +160,72 @@ def cpu_seconds() -> float:
     return times.user + times.system
 
 
+@contextlib.contextmanager
+def stage_run(name: str, paths: RunPaths, *, target: Path | None = None, part: str = "") -> Iterator[dict[str, Any]]:
+    """Run one stage (or one ``part`` of it, e.g. a shard): the one place a stage's bookkeeping lives.
+
+    Logs the start (with the device) and the end, times the body, resets and reads the peak RSS, counts
+    CPU seconds, and writes the summary JSON to ``target`` (default ``summaries/<name>.json``). The body
+    puts its results into the yielded dict; on a clean exit it becomes, in place,
+    ``{"stage", "device", "seconds", **results, "resources"}`` (a result's own ``seconds`` wins). A body
+    that raises writes nothing.
+    """
+    log = get_logger(name)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    used = device()
+    label = f"{name} ({part})" if part else name
+    log.info("stage %s starting on %s in %s", label, used, paths.root)
+    reset_ok, rss_at_start, cpu_at_start = reset_peak_rss(), rss_bytes(), cpu_seconds()
+    summary: dict[str, Any] = {}
+    with timed() as clock:
+        yield summary
+    resources = {**memory_usage(reset_ok, rss_at_start),
+                 "cpu_seconds": round(cpu_seconds() - cpu_at_start, 2), "loadavg": load_average()}
+    results = dict(summary)
+    summary.clear()
+    summary.update({"stage": name, "device": used, "seconds": clock["seconds"], **results, "resources": resources})
+    log.info("stage %s done in %.1fs: %s", label, clock["seconds"], json.dumps(summary, default=str))
+    target = target or paths.summary(name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_json(target, summary)
+
+
 def stage(name: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
-    """Wrap a stage function: log start/end and device, time it, save its summary."""
+    """Make a stage function ``fn(config, paths, **kwargs)`` callable as ``(config, run_dir, **kwargs)``
+    inside :func:`stage_run` (its summary saved and returned, which is also the XCom)."""
 
     def wrap(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
         @functools.wraps(fn)
         def run(config: Any, run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
-            log = get_logger(name)
             paths = RunPaths(Path(run_dir))
-            paths.root.mkdir(parents=True, exist_ok=True)
-            used = device()
-            log.info("stage %s starting on %s in %s", name, used, paths.root)
-            reset_ok, rss_at_start, cpu_at_start = reset_peak_rss(), _status_kib("VmRSS"), cpu_seconds()
-            with timed() as clock:
-                summary = fn(config, paths, **kwargs)
-            resources = {**memory_usage(reset_ok, rss_at_start),
-                         "cpu_seconds": round(cpu_seconds() - cpu_at_start, 2), "loadavg": load_average()}
-            summary = {"stage": name, "device": used, "seconds": clock["seconds"], **summary, "resources": resources}
-            log.info("stage %s done in %.1fs: %s", name, clock["seconds"], json.dumps(summary, default=str))
-            return write_summary(paths, name, summary)
+            with stage_run(name, paths) as summary:
+                summary.update(fn(config, paths, **kwargs))
+            return summary
 
         return run
 
     return wrap
+
+
+class Progress:
+    """Logs a long loop's progress (done / total, rate, time left) at most every ``interval_s`` seconds, at
+    the first update and when the loop is done.
+
+    ``message`` is a %-format taking done, total, rate per second and seconds left, in that order, e.g.
+    ``"scored %d/%d users (%.0f users/s, %.0fs left)"``.
+    """
+
+    def __init__(self, log: logging.Logger, message: str, total: int, *, interval_s: float = 10.0) -> None:
+        self.log, self.message, self.total, self.interval_s = log, message, total, interval_s
+        self.started = self.next_report = time.perf_counter()
+        self.finished = False
+
+    def update(self, done: int) -> None:
+        now = time.perf_counter()
+        just_finished = done >= self.total and not self.finished
+        if now < self.next_report and not just_finished:
+            return
+        self.finished = done >= self.total
+        rate = done / max(now - self.started, 1e-9)
+        self.log.info(self.message, done, self.total, rate, max(self.total - done, 0) / max(rate, 1e-9))
+        self.next_report = now + self.interval_s

@@ -32,17 +32,11 @@ def stage_functions() -> dict[str, Any]:
 
 def run_stage(name: str, config: Config, run_dir: Path, *, redis_client: Any = None, run_id: str = "manual",
               logical_date: str = "") -> dict[str, Any]:
+    """Run one stage; each records its time, peak memory and CPU in its summary (:func:`runtime.stage_run`)."""
     if name == "load_redis":
-        from .paths import RunPaths
-        from .runtime import cpu_seconds, load_average, memory_usage, reset_peak_rss, write_summary
         from .store import load_redis
 
         if redis_client is None:
             raise ValueError("the load_redis stage needs a Redis client")
-        reset_ok, cpu_at_start = reset_peak_rss(), cpu_seconds()
-        summary = load_redis(config, run_dir, redis_client, run_id=run_id, logical_date=logical_date)
-        # The other stages record this in their @stage wrapper; the load's summary gets it here.
-        resources = {**memory_usage(reset_ok, None), "cpu_seconds": round(cpu_seconds() - cpu_at_start, 2),
-                     "loadavg": load_average()}
-        return write_summary(RunPaths(Path(run_dir)), name, {**summary, "resources": resources})
+        return load_redis(config, run_dir, redis_client, run_id=run_id, logical_date=logical_date)
     return stage_functions()[name](config, run_dir)

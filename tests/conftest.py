@@ -25,6 +25,7 @@ TEST_TIERS = {
     "test_data.py::test_planted_schema_is_merlins_aliccp_raw": "integration",  # imports Merlin's generator
     "test_deploy.py": "unit",
     "test_scale.py": "unit",
+    "test_runtime.py": "unit",
     "test_stack_parity.py": "unit",
     "test_store_structure.py": "unit",
     "test_store_structure.py::test_every_store_module_imports_alone_in_a_fresh_interpreter": "integration",

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
 from conftest import REPO
 
 STACK_SH = REPO / "scripts" / "stack.sh"
@@ -60,13 +61,13 @@ def stack_processes(stack_env: dict[str, str], sessions: set[int], outsiders: se
             continue
         if int(sid) != own_sid and int(sid) in sessions and int(pid) not in outsiders:
             found.append(line.strip())
-    marker = f"AIRFLOW_HOME={stack_env['AIRFLOW_HOME']}".encode()
-    for proc in Path("/proc").iterdir():
-        try:
-            if (proc.name.isdigit() and int(proc.name) not in outsiders and int(proc.name) != os.getpid()
-                    and marker in (proc / "environ").read_bytes().split(b"\0")):
-                found.append(f"{proc.name} (stack environment) {(proc / 'cmdline').read_bytes()[:200]!r}")
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
+    for proc in psutil.process_iter():
+        if proc.pid in outsiders or proc.pid == os.getpid():
+            continue
+        try:  # a process may exit between the listing and the read, and another user's environment is closed
+            if proc.environ().get("AIRFLOW_HOME") == stack_env["AIRFLOW_HOME"]:
+                found.append(f"{proc.pid} (stack environment) {' '.join(proc.cmdline())[:200]!r}")
+        except psutil.Error:
             continue
     return found
 

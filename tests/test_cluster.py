@@ -4,15 +4,14 @@ The cluster is started by the fixture (``redis-server --cluster-enabled yes`` pe
 ``redis-cli --cluster create --cluster-replicas 1``) on free ports in a temporary directory.
 Faults happen at a chosen point of the load through its progress callback (acknowledged documents),
 not after a sleep: a slot migrated (MIGRATING/IMPORTING + MIGRATE, then the new owner set) and a
-master SIGKILLed so that its replica takes over. The failover test runs last: it leaves one master
-without a replica.
+master SIGKILLed so that its replica takes over. The failover test has a cluster of its own (it leaves
+one master without a replica), so the tests pass in any order.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
@@ -49,6 +48,14 @@ def write_recs(path, rows):
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     server = LocalCluster(tmp_path_factory.mktemp("cluster"), masters=3, node_timeout_ms=1000).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def failover_cluster(tmp_path_factory):
+    """A cluster for one test that kills a master: the shared one keeps every node and replica."""
+    server = LocalCluster(tmp_path_factory.mktemp("failover_cluster"), masters=3, node_timeout_ms=1000).start()
     yield server
     server.stop()
 
@@ -130,7 +137,7 @@ def test_full_load_audited_key_by_key_and_read_back(cluster, client, tmp_path, c
 
 def test_the_airflow_connection_with_the_cluster_extra_loads_into_the_cluster(cluster, client, tmp_path,
                                                                               monkeypatch):
-    sys.path.insert(0, str(REPO / "plugins"))
+    monkeypatch.syspath_prepend(str(REPO / "plugins"))
     import recsys_airflow
 
     port = cluster.live_nodes()[0].port
@@ -197,8 +204,9 @@ def test_slot_migrated_during_the_load(client, tmp_path):
     assert read_manifest(client, SETTINGS)["run_id"] == "migrating"
 
 
-def test_master_killed_mid_load_replica_takes_over_and_the_load_completes(cluster, client, tmp_path):
-    """Runs last in this module: the cluster keeps 3 masters, one of them without a replica."""
+def test_master_killed_mid_load_replica_takes_over_and_the_load_completes(failover_cluster, tmp_path):
+    cluster = failover_cluster
+    client = cluster.client()
     rows = rows_for(range(USERS), 40)
     path = write_recs(tmp_path / "recs.parquet", rows)
     before = masters(client)
@@ -228,3 +236,4 @@ def test_master_killed_mid_load_replica_takes_over_and_the_load_completes(cluste
     assert (manifest["run_id"], manifest["users"]) == ("failover", USERS)
     assert datetime.fromisoformat(manifest["completed_at"]) <= datetime.now(timezone.utc)
     assert SimpleNamespace(**manifest).logical_date == DAY.format(8)
+    client.close()

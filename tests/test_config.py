@@ -1,6 +1,10 @@
-import pytest
+import re
 
-from recsys_tasks.config import Config, ConfigError, load_config
+import pydantic_settings
+import pytest
+from conftest import REPO
+
+from recsys_tasks.config import PYDANTIC_SETTINGS_CHECKED, Config, ConfigError, _Environment, load_config
 
 
 def test_defaults_follow_the_notebook():
@@ -57,3 +61,22 @@ def test_nested_mapping_overrides():
     config = Config().with_overrides({"store": {"ttl_s": 60}, "artifact_root": "/x"})
     assert config.store.ttl_s == 60
     assert config.artifact_root == "/x"
+
+
+def test_the_environment_source_runs_on_a_checked_pydantic_settings(monkeypatch):
+    """config._Environment overrides pydantic-settings' private ``EnvSettingsSource._load_env_vars``."""
+    installed = ".".join(pydantic_settings.__version__.split(".")[:2])
+    assert installed in PYDANTIC_SETTINGS_CHECKED, (
+        f"pydantic-settings {pydantic_settings.__version__} is not one recsys_tasks/config.py was checked on "
+        f"{PYDANTIC_SETTINGS_CHECKED}: _Environment overrides its private EnvSettingsSource._load_env_vars. Check "
+        "that EnvSettingsSource still reads the variables through it (this test's second half), then add the "
+        "version to PYDANTIC_SETTINGS_CHECKED")
+    pins = {}
+    for name in ("constraints.txt", "constraints-gpu-worker.txt"):
+        found = re.search(r"^pydantic-settings==(\d+\.\d+)\.", (REPO / name).read_text(), re.M)
+        pins[name] = found and found.group(1)
+    assert all(pin in PYDANTIC_SETTINGS_CHECKED for pin in pins.values()), pins
+    # The override is what the source reads: the given mapping, not the process's environment.
+    monkeypatch.setenv("RECSYS__SCORING__TOP_K", "99")
+    assert _Environment({"RECSYS__SCORING__TOP_K": "7", "RECSYS__DATA__SEED": "3"})() == {
+        "scoring": {"top_k": "7"}, "data": {"seed": "3"}}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import sys
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
@@ -64,10 +63,11 @@ def tls_redis(tmp_path_factory, admin_password, tls_files):
 
 @pytest.fixture(scope="module")
 def recsys_airflow():
-    sys.path.insert(0, str(REPO / "plugins"))
-    import recsys_airflow
+    with pytest.MonkeyPatch.context() as patch:  # sys.path as it was once this module's tests are done
+        patch.syspath_prepend(str(REPO / "plugins"))
+        import recsys_airflow
 
-    return recsys_airflow
+        yield recsys_airflow
 
 
 @pytest.fixture

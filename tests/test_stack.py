@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from itertools import combinations
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import REPO, TINY
 from stack_support import (
@@ -176,8 +177,9 @@ def test_workers_run_the_python_3_10_gpu_venv(stack):
     pids = [sessions[name] for name in sorted(GPU_WORKERS)]
     for pid in pids:
         # Celery rewrites the command line; the interpreter and the loaded extension modules tell.
-        assert Path(f"/proc/{pid}/exe").resolve().name.startswith("python3.10"), Path(f"/proc/{pid}/exe").resolve()
-        assert ".venv-gpu-worker/lib/python3.10/site-packages/" in Path(f"/proc/{pid}/maps").read_text()
+        worker = psutil.Process(pid)
+        assert Path(worker.exe()).resolve().name.startswith("python3.10"), worker.exe()
+        assert any(".venv-gpu-worker/lib/python3.10/site-packages/" in m.path for m in worker.memory_maps())
     status = stack_command("status", env=stack["env"]).stdout
     assert "UNHEALTHY" not in status and "DOWN" not in status, status
 

@@ -75,6 +75,14 @@ def test_no_import_cycle_between_modules():
     assert import_cycles(graph) == []
 
 
+def test_the_evaluation_never_imports_the_store():
+    """The load calls the gate, not the other way round: nothing in evaluation/ reaches up into store/."""
+    assert "recsys_tasks.evaluation.gate" in imported_modules(PACKAGE / "store" / "publish.py")  # the check sees it
+    upward = {name: sorted(m for m in imported_modules(path) if m.startswith("recsys_tasks.store"))
+              for name, path in MODULES.items() if name.startswith("recsys_tasks.evaluation")}
+    assert {name: found for name, found in upward.items() if found} == {}
+
+
 def test_the_cycle_check_finds_a_cycle():
     assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == [["a", "b", "c", "a"]]
 

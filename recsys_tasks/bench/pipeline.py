@@ -100,7 +100,7 @@ def _point_env(point_dir: Path, config_file: Path, redis_url: str) -> dict[str, 
 
 
 class LoadSampler:
-    """Samples ``/proc/loadavg`` (1-minute load) in a thread while a point runs."""
+    """Samples the 1-minute load average in a thread while a point runs."""
 
     def __init__(self, interval_s: float = LOAD_SAMPLE_S):
         self.interval_s = interval_s

@@ -20,7 +20,7 @@ in turn (the median is reported):
 
 Beside every rate, the CPU microseconds spent per key by the client (ours: this process during the write
 phase, ``write_documents`` run once more alone; redis-benchmark: the child process) and by the servers
-(the masters, ``/proc/<pid>/stat``): on a machine whose cores the client and the servers share, this
+(the masters' CPU times): on a machine whose cores the client and the servers share, this
 shows what the rate is bound by.
 
 Targets: cluster >= 75% of ``redis-benchmark --cluster``; cluster within 20% of the single
@@ -84,15 +84,10 @@ def delete_bench_keys(client: Any) -> None:
 
 
 def process_cpu_s(pids: Sequence[int]) -> float:
-    """User + system CPU seconds consumed so far by the processes ``pids`` (``/proc/<pid>/stat``)."""
-    import os
+    """User + system CPU seconds consumed so far by the processes ``pids``."""
+    import psutil
 
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of the whole line)
-    return total / ticks
+    return sum(t.user + t.system for t in (psutil.Process(pid).cpu_times() for pid in pids))
 
 
 def children_cpu_s() -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,15 @@ def _window(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """A markdown table: the header, its rule and a line per row (an empty cell is one space wide)."""
+
+    def line(cells: Sequence[str]) -> str:
+        return "|" + "|".join(f" {cell} " if cell else " " for cell in cells) + "|"
+
+    return [line(header), "|---" * len(header) + "|", *(line(row) for row in rows)]
+
+
 def _interval(bounds: list[float] | None) -> str:
     return "" if not bounds else f" [{bounds[0]:.4f}, {bounds[1]:.4f}]"
 
@@ -164,14 +174,10 @@ def markdown(report: dict[str, Any], *, plots: bool = True) -> str:
         *_window(report),
         f"## Retrieval (full catalog, {retrieval['users_evaluated']} users with validation clicks)",
         "",
-        "| method | " + " | ".join(f"recall@{k} | ndcg@{k}" for k in cutoffs) + " |",
-        "|---" * (1 + 2 * len(cutoffs)) + "|",
+        *_table(["method", *(f"{metric}@{k}" for k in cutoffs for metric in ("recall", "ndcg"))],
+                ([method, *(_with_ci(retrieval[method], metric, k) for k in cutoffs for metric in ("recall", "ndcg"))]
+                 for method in methods)),
     ]
-    for method in methods:
-        cells = " | ".join(
-            f"{_with_ci(retrieval[method], 'recall', k)} | {_with_ci(retrieval[method], 'ndcg', k)}" for k in cutoffs
-        )
-        lines.append(f"| {method} | {cells} |")
     lines += [
         "",
         f"![recall@k]({PLOTS['recall']})",
@@ -202,9 +208,8 @@ def markdown(report: dict[str, Any], *, plots: bool = True) -> str:
         "",
         "## Stages",
         "",
-        "| stage | device | seconds |",
-        "|---|---|---|",
-        *[f"| {name} | {s['device']} | {s['seconds']} |" for name, s in report["stages"].items()],
+        *_table(["stage", "device", "seconds"], ([name, s["device"], str(s["seconds"])]
+                                                  for name, s in report["stages"].items())),
         "",
     ]
     if not plots:
@@ -218,20 +223,18 @@ def _published_table(lists: dict[str, Any]) -> list[str]:
     n = lists["top_n"]
     lines = [f"What would be written (the fallback for sampled users without a list: "
              f"{lists.get('users_with_fallback', 0)}), on {lists.get('users_evaluated', '?')} sampled validation "
-             "users:", "",
-             f"| lists | recall@{n} | ndcg@{n} | recall@{n}: published - this [95%] |", "|---|---|---|---|",
-             f"| published | {lists['recall_at_n']:.4f}{_interval(lists.get('recall_at_n_ci95'))} | "
-             f"{lists['ndcg_at_n']:.4f}{_interval(lists.get('ndcg_at_n_ci95'))} | |"]
+             "users:", ""]
     paired = lists.get("paired_difference", {})
-    for name in ("retrieval_order", "popularity"):
-        if f"{name}_recall_at_n" not in lists:
+    rows = []
+    for name, prefix in (("published", ""), ("retrieval_order", "retrieval_order_"), ("popularity", "popularity_")):
+        if f"{prefix}recall_at_n" not in lists:
             continue
         difference = paired.get(name, {}).get("recall_at_n")
-        cell = f"{difference['mean']:+.4f}{_interval(difference['ci95'])}" if difference else ""
-        lines.append(f"| {name.replace('_', ' ')} | {lists[f'{name}_recall_at_n']:.4f}"
-                     f"{_interval(lists.get(f'{name}_recall_at_n_ci95'))} | {lists[f'{name}_ndcg_at_n']:.4f}"
-                     f"{_interval(lists.get(f'{name}_ndcg_at_n_ci95'))} | {cell} |")
-    return [*lines, ""]
+        rows.append([name.replace("_", " "),
+                     f"{lists[f'{prefix}recall_at_n']:.4f}{_interval(lists.get(f'{prefix}recall_at_n_ci95'))}",
+                     f"{lists[f'{prefix}ndcg_at_n']:.4f}{_interval(lists.get(f'{prefix}ndcg_at_n_ci95'))}",
+                     f"{difference['mean']:+.4f}{_interval(difference['ci95'])}" if difference else ""])
+    return [*lines, *_table(["lists", f"recall@{n}", f"ndcg@{n}", f"recall@{n}: published - this [95%]"], rows), ""]
 
 
 def _counterfactual_table(counterfactual: dict[str, Any] | None) -> list[str]:
@@ -240,14 +243,11 @@ def _counterfactual_table(counterfactual: dict[str, Any] | None) -> list[str]:
     names = [n for n in ("published", "retrieval_order", "popularity", "oracle", "click_oracle") if n in counterfactual]
     lines = ["", f"Counterfactual, under the planted truth ({counterfactual['users']} evaluated users; "
              f"{counterfactual['metric']}; `oracle` ranks by P(shown) x P(click | shown) as logged recall rewards, "
-             "`click oracle` by P(click | shown)):", "",
-             "| lists | expected clicks per list | catalogue coverage | exposure Gini |", "|---|---|---|---|"]
-    for name in names:
-        row = counterfactual[name]
-        lines.append(f"| {name.replace('_', ' ')} | {row['expected_clicks']:.4f}"
-                     f"{_interval(row['expected_clicks_ci95'])} | {row['catalog_coverage']:.4f} | "
-                     f"{row['exposure_gini']:.4f} |")
-    return [*lines, ""]
+             "`click oracle` by P(click | shown)):", ""]
+    rows = ([name.replace("_", " "), f"{row['expected_clicks']:.4f}{_interval(row['expected_clicks_ci95'])}",
+             f"{row['catalog_coverage']:.4f}", f"{row['exposure_gini']:.4f}"]
+            for name, row in ((n, counterfactual[n]) for n in names))
+    return [*lines, *_table(["lists", "expected clicks per list", "catalogue coverage", "exposure Gini"], rows), ""]
 
 
 def _blend_lines(blend: dict[str, Any] | None) -> list[str]:

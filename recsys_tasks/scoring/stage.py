@@ -27,13 +27,11 @@ from ..config import Config
 from ..paths import RunPaths, require
 from ..runtime import (
     InputDataError,
-    cpu_seconds,
+    Progress,
     get_logger,
-    load_average,
-    memory_usage,
     quiet_tensorflow,
-    reset_peak_rss,
     stage,
+    stage_run,
     write_json,
     write_summary,
 )
@@ -203,7 +201,8 @@ def _score_part(
         if blend is None or blend.uses_dlrm else None
     log.info("shard %d/%d: %d users, retrieval kernel %s", shard_index + 1, num_shards, len(rows), kernel)
     users_done, short_lists, started = 0, 0, time.perf_counter()
-    next_report = started
+    progress = Progress(log, f"shard {shard_index + 1}/{num_shards}: scored %d/%d users (%.0f users/s, %.0fs left)",
+                        len(rows))
     with pq.ParquetWriter(tmp, schema) as writer:
         for chunk_start in range(0, len(rows), settings.user_chunk_size):
             user_rows = rows[chunk_start:chunk_start + settings.user_chunk_size]
@@ -212,14 +211,7 @@ def _score_part(
             writer.write_table(pa.Table.from_pydict(chunk, schema=schema))
             users_done += len(user_rows)
             short_lists += sum(len(r) < settings.top_n for r in chunk["recommendations"])
-            now = time.perf_counter()
-            if now >= next_report or users_done == len(rows):
-                rate = users_done / max(now - started, 1e-9)
-                log.info(
-                    "shard %d/%d: scored %d/%d users (%.0f users/s, %.0fs left)",
-                    shard_index + 1, num_shards, users_done, len(rows), rate, (len(rows) - users_done) / rate,
-                )
-                next_report = now + 10.0
+            progress.update(users_done)
     tmp.replace(target)
     elapsed = time.perf_counter() - started
     return {
@@ -260,24 +252,16 @@ def _check_plan_matches(paths: RunPaths, plan: dict[str, Any], catalog: Catalog)
 
 def score_shard(config: Config, run_dir: str | Path, shard_index: int) -> dict[str, Any]:
     """One mapped scoring task: the users of shard ``shard_index`` of the plan, into its own part."""
-    from ..runtime import device
-
     quiet_tensorflow()
     paths = RunPaths(Path(run_dir))
     plan = read_plan(paths)
     shard_rows(plan["users"], plan["num_shards"], shard_index)  # a bad index fails before the model loads
-    used = device()
-    log.info("stage score starting on %s (shard %d of %d) in %s", used, shard_index, plan["num_shards"], paths.root)
-    reset_ok, cpu_at_start = reset_peak_rss(), cpu_seconds()
-    catalog, model = _load_inputs(paths, config.scoring)
-    _check_plan_matches(paths, plan, catalog)
-    summary = {"device": used, **_score_part(catalog, model, config.scoring, paths, shard_index, plan["num_shards"],
-                                             plan_blend(plan)),
-               "resources": {**memory_usage(reset_ok, None), "cpu_seconds": round(cpu_seconds() - cpu_at_start, 2),
-                             "loadavg": load_average()}}
-    write_json(paths.shard_summary(shard_index), summary)
-    log.info("stage score done in %.1fs (shard %d of %d): %d users", summary["seconds"], shard_index,
-             plan["num_shards"], summary["users"])
+    with stage_run("score", paths, target=paths.shard_summary(shard_index),
+                   part=f"shard {shard_index} of {plan['num_shards']}") as summary:
+        catalog, model = _load_inputs(paths, config.scoring)
+        _check_plan_matches(paths, plan, catalog)
+        summary.update(_score_part(catalog, model, config.scoring, paths, shard_index, plan["num_shards"],
+                                   plan_blend(plan)))
     return summary
 
 

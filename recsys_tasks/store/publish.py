@@ -20,7 +20,7 @@ from ..config import Config, StoreConfig
 from ..evaluation import gate as quality
 from ..evaluation.report import summary_lines
 from ..paths import RunPaths, require
-from ..runtime import get_logger, read_summary, timed, write_summary
+from ..runtime import get_logger, read_summary, stage_run
 from . import keys
 from .capacity import check_capacity, check_evictions, memory_of_masters, require_json_module, sample_memory
 from .connect import require_single_node
@@ -309,15 +309,13 @@ def load_redis(config: Config, run_dir: str | Path, client: Any, *, run_id: str,
     The summary is written in every outcome that is not an error, including a skipped publication
     (``status: "skipped"``).
     """
-    from ..runtime import device
     from ..scoring.stage import collect_parts
 
     paths = RunPaths(Path(run_dir))
-    log.info("stage load_redis starting in %s", paths.root)
     generated_at = read_summary(paths, "score").get("generated_at", logical_date)
     recommendations = require(paths.recommendations, "score")
 
-    with timed() as clock:
+    with stage_run("load_redis", paths) as summary:
         # Nothing is written unless all of these pass: the file itself (bad input names file, column,
         # value), exactly the planned shard parts, and the quality gate.
         user_ids = check_recommendations(recommendations)
@@ -331,8 +329,7 @@ def load_redis(config: Config, run_dir: str | Path, client: Any, *, run_id: str,
             client, recommendations, config.store, run_id=run_id, logical_date=logical_date, generated_at=generated_at,
             fallback=fallback, user_ids=user_ids, quality_forced=bool(gate.get("forced")), on_progress=on_progress,
         )
-    summary = {"stage": "load_redis", "device": device(), "seconds": clock["seconds"], **result, "quality_gate": gate}
-    log.info("stage load_redis done in %.1fs: %s", clock["seconds"], json.dumps(summary))
+        summary.update({**result, "quality_gate": gate})
     published = result if result["status"] == "published" else None
     lines = summary_lines(report, gate, published)
     if published is None:
@@ -340,4 +337,4 @@ def load_redis(config: Config, run_dir: str | Path, client: Any, *, run_id: str,
                          f"{_named(result.get('manifest'))}")
     for line in lines:
         log.info("%s", line)
-    return write_summary(paths, "load_redis", summary)
+    return summary

@@ -183,11 +183,12 @@ def resilient(client: Any, settings: StoreConfig) -> Iterator[Any]:
 @contextlib.contextmanager
 def _resilient_cluster(client: Any, settings: StoreConfig) -> Iterator[None]:
     kwargs = client.nodes_manager.connection_kwargs
-    saved = {k: kwargs.get(k) for k in ("socket_timeout", "socket_connect_timeout", "retry")}
-    for name in ("socket_timeout", "socket_connect_timeout"):
+    saved = {k: kwargs.get(k) for k in ("socket_timeout", "socket_connect_timeout")}
+    for name in saved:
         if saved[name] is None:
             kwargs[name] = settings.socket_timeout_s
-    kwargs["retry"] = single_try()
+    # No "retry" in these kwargs: redis-py gives every node connection it creates a one-try policy itself,
+    # and passes it beside them, so a node first met mid-load (a promoted replica) would fail to connect.
     node_retries = {}
     for node in list(client.nodes_manager.nodes_cache.values()):
         if node.redis_connection is not None:

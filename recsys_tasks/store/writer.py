@@ -13,13 +13,12 @@ commands are idempotent) after refreshing the slot map; connection faults get
 from __future__ import annotations
 
 import collections
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import StoreConfig
-from ..runtime import get_logger
+from ..runtime import Progress, get_logger
 from . import keys
 from .errors import (
     RedisJSONMissingError,
@@ -113,7 +112,7 @@ class PipelinedWriter:
         self.queues: dict[str, collections.deque[Part]] = collections.defaultdict(collections.deque)
         self.acknowledged = 0
         self.replayed = {"moved": 0, "ask": 0, "lost_or_busy": 0}
-        self.started = self.next_report = time.perf_counter()
+        self.progress = Progress(log, "loaded %d/%d documents, acknowledged (%.0f keys/s, %.0fs left)", total)
         self._transient = transient_errors()
         self._cluster_retry = (rex.ClusterDownError, rex.TryAgainError, rex.BusyLoadingError, rex.ReadOnlyError)
         self._rex = rex
@@ -246,12 +245,7 @@ class PipelinedWriter:
         self.acknowledged += rows
         if self.on_progress is not None:
             self.on_progress(self.acknowledged, self.total)
-        now = time.perf_counter()
-        if now >= self.next_report:
-            rate = self.acknowledged / max(now - self.started, 1e-9)
-            log.info("loaded %d/%d documents, acknowledged (%.0f keys/s, %.0fs left)", self.acknowledged, self.total,
-                     rate, (self.total - self.acknowledged) / max(rate, 1e-9))
-            self.next_report = now + 10.0
+        self.progress.update(self.acknowledged)
 
     def _drain(self, outcome: Outcome, keep_newest: bool = False) -> None:
         for name in list(self.queues):

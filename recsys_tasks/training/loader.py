@@ -18,9 +18,12 @@ is in docs/decisions.md, "Early stopping").
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
 
-from ..runtime import InputDataError, get_logger
+from ..paths import require
+from ..runtime import InputDataError, get_logger, parquet_rows, quiet_tensorflow, seed_everything
 
 log = get_logger("training")
 
@@ -170,3 +173,34 @@ def fit_streaming(
         })
         log.info("%s: best validation loss at epoch %d of %d run (max %d)", what, best, len(losses), epochs)
     return result
+
+
+class FitData(NamedTuple):
+    """A fit's train and validation datasets, both typed with the model's schema, and their row counts."""
+
+    train: Any
+    valid: Any
+    schema: Any
+    train_rows: int
+    valid_rows: int
+
+
+def fit_data(train_dir: Path, valid_dir: Path, part_size: str, model_schema: Callable[[Any], Any],
+             seed: int) -> FitData:
+    """The start of both fits: TensorFlow quiet and seeded, then the transform's train and validation parts
+    as datasets carrying the schema the model is built from (``model_schema`` of the train set)."""
+    quiet_tensorflow()
+    seed_everything(seed)
+    train = parquet_dataset(require(train_dir, "transform"), part_size)
+    valid = parquet_dataset(require(valid_dir, "transform"), part_size)
+    schema = model_schema(train)
+    train.schema = schema
+    valid.schema = schema
+    return FitData(train, valid, schema, parquet_rows(train_dir), parquet_rows(valid_dir))
+
+
+def fit_model(model: Any, data: FitData, settings: Any, what: str) -> dict[str, Any]:
+    """:func:`fit_streaming` on a fit's data with its config section's batch size, epochs and patience."""
+    return fit_streaming(model, data.train, data.train_rows, batch_size_rows=settings.batch_size_rows,
+                         epochs=settings.epochs, what=what, validation=data.valid, validation_rows=data.valid_rows,
+                         patience=settings.early_stopping_patience)

@@ -9,9 +9,9 @@ from typing import Any
 
 from ..config import Config, RankingConfig
 from ..features.workflow import RAW_ID_COLUMNS, TARGET
-from ..paths import RunPaths, require
-from ..runtime import get_logger, parquet_rows, quiet_tensorflow, seed_everything, stage
-from .loader import fit_streaming, parquet_dataset
+from ..paths import RunPaths
+from ..runtime import get_logger, quiet_tensorflow, stage
+from .loader import fit_data, fit_model
 from .optimizers import make_optimizer
 
 log = get_logger("fit_ranking")
@@ -56,21 +56,12 @@ def load_dlrm(path: Any) -> Any:
 
 @stage("fit_ranking")
 def fit_ranking(config: Config, paths: RunPaths) -> dict[str, Any]:
-    quiet_tensorflow()
     settings = config.ranking
-    seed_everything(settings.seed)
-    part_size = config.transform.part_size
-    train = parquet_dataset(require(paths.train, "transform"), part_size)
-    valid = parquet_dataset(require(paths.valid, "transform"), part_size)
-    schema = train.schema.without(RAW_ID_COLUMNS)
-    train.schema = schema
-    valid.schema = schema
-
-    rows = parquet_rows(paths.train)
+    data = fit_data(paths.train, paths.valid, config.transform.part_size,
+                    lambda train: train.schema.without(RAW_ID_COLUMNS), settings.seed)
+    schema, valid, rows = data.schema, data.valid, data.train_rows
     model = build_dlrm(schema, settings)
-    trained = fit_streaming(model, train, rows, batch_size_rows=settings.batch_size_rows, epochs=settings.epochs,
-                            what=f"fit_ranking ({paths.train})", validation=valid,
-                            validation_rows=parquet_rows(paths.valid), patience=settings.early_stopping_patience)
+    trained = fit_model(model, data, settings, f"fit_ranking ({paths.train})")
     losses = trained["loss_per_epoch"]
     log.info("DLRM loss per epoch: %s", losses)
     metrics = validation_metrics(model, valid, settings.batch_size_rows)

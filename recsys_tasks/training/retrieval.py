@@ -19,8 +19,8 @@ from ..config import Config, RetrievalConfig
 from ..features.tables import build_feature_tables, table_columns
 from ..features.workflow import RAW_ID_COLUMNS, TARGET
 from ..paths import RunPaths, require
-from ..runtime import get_logger, parquet_rows, quiet_tensorflow, seed_everything, stage
-from .loader import fit_streaming, parquet_dataset
+from ..runtime import get_logger, stage
+from .loader import fit_data, fit_model
 from .optimizers import make_optimizer
 
 log = get_logger("fit_retrieval")
@@ -122,24 +122,14 @@ def embeddings_frame(ids: Any, vectors: Any, id_column: str) -> Any:
 
 @stage("fit_retrieval")
 def fit_retrieval(config: Config, paths: RunPaths) -> dict[str, Any]:
-    quiet_tensorflow()
     settings = config.retrieval
-    seed_everything(settings.seed)
+    data = fit_data(paths.retrieval_train, paths.retrieval_valid, config.transform.part_size, model_schema,
+                    settings.seed)
+    schema, valid, rows = data.schema, data.valid, data.train_rows
     from merlin.schema.tags import Tags
 
-    part_size = config.transform.part_size
-    train = parquet_dataset(require(paths.retrieval_train, "transform"), part_size)
-    valid = parquet_dataset(require(paths.retrieval_valid, "transform"), part_size)
-    schema = model_schema(train)
-    train.schema = schema
-    valid.schema = schema
-
-    rows = parquet_rows(paths.retrieval_train)
     model = build_two_tower(schema, settings)
-    trained = fit_streaming(model, train, rows, batch_size_rows=settings.batch_size_rows, epochs=settings.epochs,
-                            what=f"fit_retrieval ({paths.retrieval_train})", validation=valid,
-                            validation_rows=parquet_rows(paths.retrieval_valid),
-                            patience=settings.early_stopping_patience)
+    trained = fit_model(model, data, settings, f"fit_retrieval ({paths.retrieval_train})")
     losses = trained["loss_per_epoch"]
     log.info("two-tower loss per epoch: %s", losses)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ...config import Config
-from ...runtime import get_logger
+from ...runtime import get_logger, peak_rss_bytes
 from ..common import BenchError
 
 log = get_logger("bench")
@@ -52,18 +52,14 @@ def _child_score(run_dir: Path, top_k: int, top_n: int, chunk_users: int, rank_b
 
 
 def peak_rss_mb() -> float:
-    """This process's own peak resident memory, MB.
+    """This process's own peak resident memory, MB (:func:`recsys_tasks.runtime.peak_rss_bytes`, Linux's ``VmHWM``).
 
-    Linux's ``VmHWM``, not ``getrusage``'s ``ru_maxrss``: the latter survives ``exec``, so in a child
-    of a large parent it reports the parent's size at ``fork`` (a child started by a bench holding a
-    million users' catalog read 3.5 GB while its own peak was 2.4 GB).
+    Elsewhere ``getrusage``'s ``ru_maxrss`` (KiB on Linux, bytes on macOS), an upper bound for a child
+    process: it survives ``exec``, so in a child of a large parent it reports the parent's size at ``fork``
+    (a child started by a bench holding a million users' catalog read 3.5 GB while its own peak was 2.4 GB).
     """
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    # Elsewhere: ru_maxrss (KiB on Linux, bytes on macOS), an upper bound for a child process.
+    peak = peak_rss_bytes()
+    if peak is not None:
+        return round(peak / (1024 * 1024), 1)
     scale = 1024 * 1024 if sys.platform == "darwin" else 1024
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, 1)
-

@@ -29,7 +29,7 @@ from typing import Any
 
 from ...config import Config
 from ...paths import RunPaths
-from ...runtime import get_logger, quiet_tensorflow
+from ...runtime import get_logger, load_average, quiet_tensorflow
 from ..common import NOTEBOOK_K
 from ..redis_load import measure_redis
 from .approximate import list_overlap_files, measure_approximate, measure_large_catalog
@@ -73,7 +73,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     small_run = subset("small_run", small_users)
     results: dict[str, Any] = {"inputs": {"users": num_users, "items": num_items, "synthetic": not args.run_dir,
                                           "cpu_count": os.cpu_count(), "chunk_users": args.chunk_users,
-                                          "rank_batch_rows": args.rank_batch_rows, "loadavg_start": loadavg()}}
+                                          "rank_batch_rows": args.rank_batch_rows, "loadavg_start": load_average()}}
 
     out = Path(args.out)
 
@@ -151,14 +151,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "total_seconds": round(ours_default["seconds"] + results["redis"]["ours_load_seconds"], 1),
     }
     results["bench_seconds"] = round(time.perf_counter() - started, 1)
-    results["inputs"]["loadavg_end"] = loadavg()
+    results["inputs"]["loadavg_end"] = load_average()
     return results
-
-
-def loadavg() -> str:
-    """``/proc/loadavg`` (the machine may be shared: the figures' context)."""
-    path = Path("/proc/loadavg")
-    return path.read_text().strip() if path.exists() else ""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -214,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _child_score(Path(args.child_score), args.top_k, args.top_n, args.chunk_users, args.rank_batch_rows,
                      Path(args.child_out), args.child_kernel)
         return 0
-    start_load = loadavg()
+    start_load = load_average()
     if args.approximate_only:
         # Approximate vs exact retrieval on a run's embeddings alone (list overlap too when it has a DLRM).
         from .report import approximate_rows
@@ -222,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = {"approximate": measure_approximate(RunPaths(Path(args.run_dir)), args.ann_users,
                                                       (NOTEBOOK_K, args.top_k), args.top_n, args.chunk_users,
                                                       args.rank_batch_rows),
-                   "loadavg_start": start_load, "loadavg_end": loadavg()}
+                   "loadavg_start": start_load, "loadavg_end": load_average()}
         table = "\n".join(approximate_rows(results["approximate"]))
     elif args.large_catalog_only:
         # Retrieval on a large synthetic catalog alone (no models needed): its own JSON and table rows.
@@ -231,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = {"large_catalog": measure_large_catalog(args.large_catalog_items, args.large_catalog_users,
                                                           args.top_k, args.chunk_users,
                                                           kinds=tuple(args.large_catalog_kinds.split(","))),
-                   "loadavg_start": start_load, "loadavg_end": loadavg()}
+                   "loadavg_start": start_load, "loadavg_end": load_average()}
         table = "\n".join(large_catalog_rows(results["large_catalog"]))
     else:
         results = run_bench(args)
