@@ -231,7 +231,9 @@ def _genre_data(tmp_path, users=40, items=30, days=8, per_day=110):
     inter.write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
                      + "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows))
     user_file = tmp_path / "g.user"
-    user_file.write_text("user_id:token\tgender:token\n" + "".join(f"{u + 1}\t{'MF'[u % 2]}\n" for u in range(users)))
+    languages = ("en", "en fr", "de", "fr es de")  # a multi-valued user feature too
+    user_file.write_text("user_id:token\tgender:token\tlanguages:token_seq\n"
+                         + "".join(f"{u + 1}\t{'MF'[u % 2]}\t{languages[u % 4]}\n" for u in range(users)))
     item_file = tmp_path / "g.item"
     item_file.write_text("item_id:token\tyear:token\tclass:token_seq\n"
                          + "".join(f"{i + 100}\t{1990 + i % 5}\t{' '.join(g)}\n" for i, g in enumerate(item_genres)))
@@ -250,7 +252,8 @@ def test_multi_valued_genres_go_through_import_transform_both_models_and_scoring
 
     inter, user_file, item_file, item_genres = _genre_data(tmp_path)
     spec = _spec(tmp_path, inter)
-    spec = dataclasses.replace(spec, users=FeatureTable(user_file, "user_id:token", {"gender:token": "gender"}),
+    spec = dataclasses.replace(spec, users=FeatureTable(user_file, "user_id:token", {
+        "gender:token": "gender", "languages:token_seq": "languages:multi"}),
                                items=FeatureTable(item_file, "item_id:token",
                                                   {"year:token": "year", "class:token_seq": "genres:multi"}))
     summary = import_interactions(spec)
@@ -268,6 +271,7 @@ def test_multi_valued_genres_go_through_import_transform_both_models_and_scoring
     stages = {name: run_stage(name, config, run_dir) for name in
               ("generate_data", "transform", "fit_retrieval", "fit_ranking", "score", "evaluate")}
     assert stages["generate_data"]["contract"]["item_multi"] == ["genres"]
+    assert stages["generate_data"]["contract"]["user_multi"] == ["languages"]
     paths = RunPaths(run_dir)
     from merlin.io import Dataset
     from merlin.schema.tags import Tags
@@ -282,7 +286,17 @@ def test_multi_valued_genres_go_through_import_transform_both_models_and_scoring
     items = pd.read_parquet(paths.item_features)
     assert encode(two_tower.candidate_encoder, items, ["item_id", "year", "genres"], 7).shape == (len(items), 64)
     assert "genres" in _embedding_tables(two_tower.candidate_encoder)
-    assert set(stages["fit_ranking"]["input_features"]) == {"user_id", "item_id", "year", "genres", "gender"}
+    # The exported query tower takes the user's languages as values/offsets and reproduces the embeddings.
+    import tensorflow as tf
+
+    tower = tf.keras.models.load_model(str(paths.query_tower))
+    user_table = pd.read_parquet(paths.user_features)
+    stored = pd.read_parquet(paths.user_embeddings).drop(columns=["user_id", "popularity_bias"]).to_numpy()
+    np.testing.assert_allclose(encode(tower, user_table, ["user_id", "gender", "languages"], 16), stored,
+                               rtol=1e-4, atol=1e-5)
+    assert set(stages["fit_ranking"]["input_features"]) == {"user_id", "item_id", "year", "genres", "gender",
+                                                            "languages"}
+    assert "languages" in _embedding_tables(load_dlrm(paths.dlrm))
     assert "genres" in pd.read_parquet(paths.item_features).columns
 
     catalog = load_catalog(paths, config.scoring.exclude)
