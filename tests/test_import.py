@@ -359,3 +359,21 @@ def test_multi_valued_features_from_parquet_lists_and_bad_lists_are_named(tmp_pa
         import_interactions(spec)
     with pytest.raises(ConfigError, match="declares the kind 'mutli'; known kinds: categorical, continuous, multi"):
         input_contract(Config().with_overrides({"data.item_features": "genres:mutli"}).data)
+
+
+def test_list_columns_gather_and_slice_like_python_lists():
+    from recsys_tasks.features.lists import ListColumn, as_column, model_batch
+
+    lists = [np.array([3, 1]), np.array([7]), np.array([2, 2, 5]), np.array([4])]
+    column = as_column(np.array(lists + [None], dtype=object)[:-1])
+    assert isinstance(column, ListColumn) and column.offsets.tolist() == [0, 2, 3, 6, 7]
+
+    def rows(c):
+        return [c.values[c.offsets[r]:c.offsets[r + 1]].tolist() for r in range(len(c))]
+
+    assert rows(column[np.array([2, 0, 2, 3])]) == [[2, 2, 5], [3, 1], [2, 2, 5], [4]]
+    assert rows(column[1:3]) == [[7], [2, 2, 5]] and rows(column[::2]) == [[3, 1], [2, 2, 5]]
+    assert len(column[3:3]) == 0 and len(column[np.array([], dtype=np.int64)]) == 0
+    batch = model_batch({"genres": column, "year": np.arange(4)}, 1, 3)
+    assert batch["genres__values"].tolist() == [7, 2, 2, 5] and batch["genres__offsets"].tolist() == [0, 1, 4]
+    assert batch["year"].tolist() == [[1], [2]]

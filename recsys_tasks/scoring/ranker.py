@@ -283,7 +283,7 @@ def _side_tables(tables: dict[str, Any], features: list[str], side: dict[str, An
     return lookups, np.stack(ids, axis=1)
 
 
-def pair_features(catalog: Any, user_rows: np.ndarray, item_rows: np.ndarray) -> dict[str, np.ndarray]:
+def pair_features(catalog: Any, user_rows: np.ndarray, item_rows: np.ndarray) -> dict[str, Any]:
     """DLRM inputs for every (user, candidate) pair, flattened row-major: user-major, candidate-minor."""
     k = item_rows.shape[1]
     flat_users = np.repeat(user_rows, k)
