@@ -100,8 +100,9 @@ class DataConfig:
     split, as a model trained today is used on tomorrow's traffic); the earlier days are training data."""
     user_features: str = "aliccp"
     """The input contract's user features: comma-separated raw column names, each an integer-coded
-    categorical feature of the user (``"age_group,gender,occupation"``); ``aliccp`` = Ali-CCP's 11 user
-    columns (planted and ``merlin`` data); empty = the user id only (see ``docs/input-data.md``)."""
+    categorical feature of the user (``"age_group,gender,occupation"``), ``name:continuous`` for a number,
+    ``name:multi`` for a list of codes (``genres:multi``); ``aliccp`` = Ali-CCP's 11 user columns (planted
+    and ``merlin`` data); empty = the user id only (see ``docs/input-data.md``)."""
     item_features: str = "aliccp"
     """As ``user_features``, for the item (``aliccp`` = ``item_category,item_shop,item_brand``)."""
 

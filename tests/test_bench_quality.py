@@ -91,6 +91,7 @@ def test_small_bench_quality_runs_the_pipeline_and_reads_redis(tmp_path, capsys)
     assert sum(split[p]["interactions"] for p in ("train", "valid", "test")) == result["data"]["ratings"]
     assert result["pipeline"]["settings"]["data"]["end_date"] == split["valid"]["last_day"]
     assert result["pipeline"]["settings"]["data"]["user_features"] == "age:continuous,gender,occupation"
+    assert result["pipeline"]["settings"]["data"]["item_features"] == "release_year,genres:multi"
     assert result["protocol"]["test_users"] > 10
     assert set(result["pipeline"]["stage_seconds"]) >= {"transform", "fit_ranking", "load_redis"}
     for name, entry in result["results"].items():

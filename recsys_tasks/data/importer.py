@@ -2,7 +2,8 @@
 the ``parquet`` source reads (``python -m recsys_tasks import-interactions``, see ``docs/input-data.md``).
 
 Every day from the first to the last is written, a day without interactions as a valid empty partition;
-optional user and item tables contribute declared categorical features, joined onto each row.
+optional user and item tables contribute declared categorical, continuous and multi-valued features,
+joined onto each row.
 """
 
 from __future__ import annotations
@@ -30,11 +31,14 @@ SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".inter": "\t", ".user": 
 
 @dataclass(frozen=True)
 class FeatureTable:
-    """A user or item table: its file, the id column and the declared categorical columns (source -> name)."""
+    """A user or item table: its file, the id column and the declared columns (source -> ``name[:kind]``)."""
 
     path: Path
     key: str
     features: dict[str, str]
+    list_sep: str = " "
+    """Separates the values of a multi-valued (``:multi``) text cell; RecBole's ``token_seq`` uses a space.
+    A parquet list column needs none."""
 
 
 @dataclass(frozen=True)
@@ -175,8 +179,40 @@ def labels(frame: Any, path: Path, spec: ImportSpec) -> dict[str, np.ndarray]:
     return out
 
 
+def _codes(tokens: Any) -> np.ndarray:
+    """Integer codes: non-negative integers stay themselves, anything else one code per distinct value
+    (sorted, so the same table gives the same codes)."""
+    import pandas as pd
+
+    parsed = pd.to_numeric(tokens, errors="coerce")
+    if not parsed.isna().any() and (parsed == np.floor(parsed)).all() and (parsed >= 0).all():
+        return parsed.to_numpy().astype(np.int64)
+    return pd.Categorical(tokens.astype(str)).codes.astype(np.int64)
+
+
+def multi_codes(frame: Any, path: Path, column: str, name: str, sep: str) -> np.ndarray:
+    """A multi-valued column (text split on ``sep``, or a parquet list) as one array of integer codes per row,
+    coded like a categorical column over all the rows' values; an empty row or value is an error."""
+    import pandas as pd
+
+    values = _column(frame, path, column, f"multi-valued feature {name}")
+    rows = [[t.strip() for t in v.split(sep) if t.strip()] if isinstance(v, str) else list(v) for v in values]
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    if (lengths == 0).any():
+        raise _bad(path, column, values, lengths > 0, f"at least one value, separated by {sep!r} (multi-valued)")
+    flat = pd.Series([t for r in rows for t in r], dtype=object)
+    if flat.isna().any():
+        row = int(np.searchsorted(np.cumsum(lengths), int(np.flatnonzero(flat.isna().to_numpy())[0]), "right"))
+        raise _bad(path, column, values, np.arange(len(rows)) != row, "a list without empty values")
+    coded = np.empty(len(rows), dtype=object)  # one array per row (np.array would stack equal lengths)
+    for row, codes in enumerate(np.split(_codes(flat), np.cumsum(lengths)[:-1])):
+        coded[row] = codes
+    return coded
+
+
 def feature_codes(table: FeatureTable, id_column: str) -> Any:
-    """The table's declared categorical columns as integer codes, indexed by id (strings: sorted-value codes)."""
+    """The table's declared columns as integer codes (strings: sorted-value codes), numbers (continuous) or
+    arrays of codes (multi-valued), indexed by id."""
     import pandas as pd
 
     frame = read_table(table.path)
@@ -192,13 +228,10 @@ def feature_codes(table: FeatureTable, id_column: str) -> Any:
         name, _, kind = declared.partition(":")
         if kind == "continuous":
             coded[name] = numbers(frame, table.path, source, f"continuous feature {name}")
-            continue
-        values = _column(frame, table.path, source, f"feature {name}")
-        parsed = pd.to_numeric(values, errors="coerce")
-        if not parsed.isna().any() and (parsed == np.floor(parsed)).all() and (parsed >= 0).all():
-            coded[name] = parsed.to_numpy().astype(np.int64)
-        else:  # a category written as text: one code per distinct value, stable for the same table
-            coded[name] = pd.Categorical(values.astype(str)).codes.astype(np.int64)
+        elif kind == "multi":
+            coded[name] = multi_codes(frame, table.path, source, name, table.list_sep)
+        else:
+            coded[name] = _codes(_column(frame, table.path, source, f"feature {name}"))
     return pd.DataFrame(coded, index=pd.Index(keys, name=id_column))
 
 
@@ -223,6 +256,7 @@ def _day(value: str, option: str) -> datetime.date:
 def import_interactions(spec: ImportSpec) -> dict[str, Any]:
     """Write ``<root>/dt=YYYY-MM-DD/`` for every day from the first to the last; returns the summary."""
     import pandas as pd
+    import pyarrow as pa
 
     path = spec.interactions
     frame = read_table(path, spec.sep)
@@ -252,6 +286,8 @@ def import_interactions(spec: ImportSpec) -> dict[str, Any]:
     data["_day"] = days
     inside = (data["_day"] >= first) & (data["_day"] <= last)
     data = data[inside].sort_values(["timestamp", "user_id", "item_id"], kind="stable")
+    # One arrow schema for every day: an empty day's list column would otherwise be written untyped (null).
+    schema = pa.Schema.from_pandas(data.drop(columns="_day"), preserve_index=False)
     by_day = dict(tuple(data.groupby("_day", sort=True)))
     empty = data.iloc[:0].drop(columns="_day")
     written, empty_days = [], []
@@ -262,7 +298,7 @@ def import_interactions(spec: ImportSpec) -> dict[str, Any]:
             empty_days.append(day.isoformat())
         manifest = {"written_by": "import-interactions", "source": str(path), "timezone": spec.timezone,
                     "clicks": int(part["click"].sum())}
-        written.append(write_partition(part, spec.root, day, manifest))
+        written.append(write_partition(part, spec.root, day, manifest, schema=schema))
         day += datetime.timedelta(days=1)
     settings = {"data.source": "parquet", "data.partition_root": str(spec.root.resolve()),
                 "data.user_features": declared.get("user_features", ""),
@@ -283,13 +319,13 @@ def import_interactions(spec: ImportSpec) -> dict[str, Any]:
 
 def parse_features(value: str, option: str) -> dict[str, str]:
     """``"age:token=age:continuous,gender"`` -> ``{"age:token": "age:continuous", "gender": "gender"}``:
-    source column -> the name it gets (and its kind, categorical unless ``:continuous``)."""
+    source column -> the name it gets (and its kind: categorical unless ``:continuous`` or ``:multi``)."""
     features = {}
     for entry in (e.strip() for e in value.split(",") if e.strip()):
         if "=" in entry:
             source, _, name = entry.rpartition("=")
         else:  # "genre" or "age:continuous": the column keeps its name
-            source = entry.rsplit(":", 1)[0] if entry.endswith((":continuous", ":categorical")) else entry
+            source = entry.rsplit(":", 1)[0] if entry.endswith((":continuous", ":categorical", ":multi")) else entry
             name = entry
         features[source] = name
     declared_features(",".join(features.values()), (), option)
@@ -299,12 +335,14 @@ def parse_features(value: str, option: str) -> dict[str, str]:
     return features
 
 
-def _table(path: Path | None, key: str, features: str, option: str) -> FeatureTable | None:
+def _table(path: Path | None, key: str, features: str, option: str, list_sep: str) -> FeatureTable | None:
     if path is None:
         return None
     if not features:
         raise ConfigError(f"{option} is needed with its table: the columns to use (SOURCE[=NAME],...)")
-    return FeatureTable(path=path, key=key, features=parse_features(features, option))
+    if not list_sep:
+        raise ConfigError("--list-sep must not be empty")
+    return FeatureTable(path=path, key=key, features=parse_features(features, option), list_sep=list_sep)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -326,18 +364,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--users", type=Path, help="optional user table (one row per user)")
     parser.add_argument("--user-key", default="user_id", help="the user table's id column")
     parser.add_argument("--user-features", default="",
-                        help="its feature columns, SOURCE[=NAME[:continuous]],... (categorical unless :continuous)")
+                        help="its feature columns, SOURCE[=NAME[:continuous|:multi]],... (categorical unless "
+                             ":continuous, a number, or :multi, several values per cell)")
     parser.add_argument("--items", type=Path, help="optional item table (one row per item)")
     parser.add_argument("--item-key", default="item_id", help="the item table's id column")
     parser.add_argument("--item-features", default="", help="as --user-features, for the item table")
+    parser.add_argument("--list-sep", default=" ",
+                        help="separates the values of a :multi text cell (default a space, as RecBole's token_seq)")
     args = parser.parse_args(argv)
     spec = ImportSpec(
         interactions=args.interactions, root=args.root, user_col=args.user_col, item_col=args.item_col,
         time_col=args.time_col, label_col=args.label_col, rating_col=args.rating_col,
         rating_threshold=args.rating_threshold, weight_col=args.weight_col, time_unit=args.time_unit,
         timezone=args.timezone, sep="\t" if args.sep == "tab" else args.sep, start=args.start, end=args.end,
-        users=_table(args.users, args.user_key, args.user_features, "--user-features"),
-        items=_table(args.items, args.item_key, args.item_features, "--item-features"),
+        users=_table(args.users, args.user_key, args.user_features, "--user-features", args.list_sep),
+        items=_table(args.items, args.item_key, args.item_features, "--item-features", args.list_sep),
     )
     try:
         summary = import_interactions(spec)

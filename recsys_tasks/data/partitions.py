@@ -104,8 +104,10 @@ def check_manifest(directory: Path, rows: int) -> None:
                              "the partition was changed after it was written: write it again")
 
 
-def write_partition(part: Any, root: str | Path, day: datetime.date, manifest: dict[str, Any] | None = None) -> dict:
-    """One day's rows (possibly none) as ``<root>/dt=<day>/part-0.parquet`` plus its manifest.
+def write_partition(part: Any, root: str | Path, day: datetime.date, manifest: dict[str, Any] | None = None, *,
+                    schema: Any = None) -> dict:
+    """One day's rows (possibly none) as ``<root>/dt=<day>/part-0.parquet`` plus its manifest (``schema``: the
+    arrow schema to write, e.g. so an empty day keeps a list column's type).
 
     Written to a temporary directory and renamed into place, so a reader never sees half a day; an
     existing partition of the same day is replaced. Returns ``{dt, path, rows}``.
@@ -120,7 +122,7 @@ def write_partition(part: Any, root: str | Path, day: datetime.date, manifest: d
         shutil.rmtree(staging)
     staging.mkdir()
     part = part.reset_index(drop=True)
-    part.to_parquet(staging / "part-0.parquet", index=False)
+    part.to_parquet(staging / "part-0.parquet", index=False, schema=schema)
     entry = {"dt": day.isoformat(), "path": str(target), "rows": int(len(part))}
     (staging / MANIFEST_NAME).write_text(json.dumps({**entry, **(manifest or {})}, indent=1))
     if target.exists():

@@ -51,7 +51,9 @@ def check_raw_frame(frame: Any, source: str, columns: dict[str, str] | None = No
         if values.isna().any():
             row = int(np.flatnonzero(values.isna().to_numpy())[0])
             raise InputDataError(f"{source}: column {column!r} holds a null value (row {row})")
-        if kind == "f":  # a continuous feature: any finite number
+        if kind == "l":  # a multi-valued feature: a non-empty list of integers per row
+            check_list_column(values, source, column)
+        elif kind == "f":  # a continuous feature: any finite number
             finite = np.isfinite(values.to_numpy(dtype=np.float64)) if values.dtype.kind in "fiu" else None
             if finite is None:
                 raise InputDataError(f"{source}: column {column!r} has dtype {values.dtype}, expected a number")
@@ -75,6 +77,28 @@ def check_raw_frame(frame: Any, source: str, columns: dict[str, str] | None = No
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise InputDataError(f"{source}: column 'click' holds {int(clicks[row])} at row {row}; expected 0 or 1")
+
+
+def check_list_column(values: Any, source: str, column: str) -> None:
+    """Every row a non-empty list of integers (an item without genres needs a value such as ``unknown``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not len(values):  # an empty day (its file's type was checked from the parquet schema)
+        return
+    try:
+        array = pa.array(values, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InputDataError(f"{source}: column {column!r} is not a list of integers in every row ({exc})") from exc
+    if not (pa.types.is_list(array.type) and pa.types.is_integer(array.type.value_type)):
+        first = values.iloc[0]
+        raise InputDataError(f"{source}: column {column!r} holds {first!r} (row 0, type {array.type}); expected a "
+                             "list of integers (a multi-valued feature)")
+    empty = pc.equal(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False)
+    if empty.any():
+        row = int(np.flatnonzero(empty)[0])
+        raise InputDataError(f"{source}: column {column!r} holds an empty list at row {row}; a multi-valued "
+                             "feature needs at least one value per row")
 
 
 def _expected(columns: dict[str, str]) -> str:
@@ -144,7 +168,9 @@ def check_parquet_file(file: Path, columns: dict[str, str] | None = None, *, all
         kind_of_file = schema.field(column).type
         if kind == "f" and not (pa.types.is_integer(kind_of_file) or pa.types.is_floating(kind_of_file)):
             raise InputDataError(f"{file}: column {column!r} has type {kind_of_file}, expected a number")
-        if kind != "f" and not pa.types.is_integer(kind_of_file):
+        if kind == "l" and not (pa.types.is_list(kind_of_file) and pa.types.is_integer(kind_of_file.value_type)):
+            raise InputDataError(f"{file}: column {column!r} has type {kind_of_file}, expected a list of integers")
+        if kind == "i" and not pa.types.is_integer(kind_of_file):
             raise InputDataError(f"{file}: column {column!r} has type {kind_of_file}, expected an integer")
     ignored = [c for c in schema.names if c not in columns and c not in IGNORED_QUIETLY]
     if ignored:

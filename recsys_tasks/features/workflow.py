@@ -33,30 +33,35 @@ def check_raw_parquet(directory: Path, contract: InputContract = ALICCP_CONTRACT
     """Check every raw parquet file before NVTabular sees it (see ``validation.check_raw_parquet``)."""
     from ..validation import check_raw_parquet as check
 
-    # validation's check is for integer columns; generate_data already checked the continuous ones' values.
+    # validation's check is for integer columns; generate_data already checked the values of the continuous
+    # and multi-valued ones.
     integers = {c: k for c, k in contract.raw_columns.items() if k == "i"}
     files = check(directory, integers, produced_by="generate_data")
-    _check_continuous_types(files, [c for c, k in contract.raw_columns.items() if k == "f"])
+    _check_feature_types(files, {c: k for c, k in contract.raw_columns.items() if k in ("f", "l")})
     return files
 
 
-def _check_continuous_types(files: list[Path], columns: list[str]) -> None:
+def _check_feature_types(files: list[Path], columns: dict[str, str]) -> None:
+    """Continuous columns (``f``) must be numbers, multi-valued ones (``l``) lists of integers."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    names = {"f": "continuous", "l": "multi-valued"}
     for file in files if columns else []:
         schema = pq.read_schema(file)
-        for column in columns:
+        for column, expected in columns.items():
             if column not in schema.names:
-                raise InputDataError(f"{file}: missing the declared continuous column {column!r}")
+                raise InputDataError(f"{file}: missing the declared {names[expected]} column {column!r}")
             kind = schema.field(column).type
-            if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+            if expected == "f" and not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
                 raise InputDataError(f"{file}: column {column!r} has type {kind}, expected a number")
+            if expected == "l" and not (pa.types.is_list(kind) and pa.types.is_integer(kind.value_type)):
+                raise InputDataError(f"{file}: column {column!r} has type {kind}, expected a list of integers")
 
 
 def build_workflow(categories_dir: Path, contract: InputContract = ALICCP_CONTRACT) -> Any:
-    """The notebook's feature graph: encoded ids and the declared features (Merlin's USER/ITEM tags), raw ids
-    kept, target tagged, nulls dropped."""
+    """The notebook's feature graph: encoded ids and the declared categorical, continuous and multi-valued
+    features (Merlin's USER/ITEM tags), raw ids kept, target tagged, nulls dropped."""
     import nvtabular as nvt
     from merlin.schema.tags import Tags
     from nvtabular import ops
@@ -69,6 +74,14 @@ def build_workflow(categories_dir: Path, contract: InputContract = ALICCP_CONTRA
         features.append(list(contract.item_features) >> ops.Categorify(**cat) >> ops.TagAsItemFeatures())
     if contract.user_features:
         features.append(list(contract.user_features) >> ops.Categorify(**cat) >> ops.TagAsUserFeatures())
+    # Multi-valued features: Categorify codes every value of a row's list (the column stays a ragged list,
+    # CATEGORICAL and LIST in the schema); both models average a row's value embeddings.
+    if contract.item_multi:
+        features.append(list(contract.item_multi) >> ops.Categorify(**cat) >> ops.AddTags([Tags.LIST])
+                        >> ops.TagAsItemFeatures())
+    if contract.user_multi:
+        features.append(list(contract.user_multi) >> ops.Categorify(**cat) >> ops.AddTags([Tags.LIST])
+                        >> ops.TagAsUserFeatures())
     # Continuous features: float32, standardised with the training split's mean and deviation.
     if contract.item_continuous:
         features.append(list(contract.item_continuous) >> ops.LambdaOp(_as_float32) >> ops.Normalize()

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..features.lists import Column, as_column
 from ..features.tables import read_processed
 from ..paths import RunPaths, require
 from ..runtime import InputDataError
@@ -18,8 +19,9 @@ from ..runtime import InputDataError
 class Catalog:
     """Everything scoring needs, as aligned numpy arrays (row i of a table is row i of its embeddings)."""
 
-    user_features: dict[str, np.ndarray]
-    item_features: dict[str, np.ndarray]
+    user_features: dict[str, Column]
+    """The user table's columns (id, declared features, raw id); a multi-valued feature as a ``ListColumn``."""
+    item_features: dict[str, Column]
     user_embeddings: np.ndarray
     item_embeddings: np.ndarray
     seen_indptr: np.ndarray
@@ -140,8 +142,8 @@ def load_catalog(paths: RunPaths, exclude: str = "clicked", history: str = "trai
     check_finite(item_embeddings, paths.item_embeddings)
     catalog = Catalog(
         # The tables' columns are the run's input contract (id, declared features, raw id).
-        user_features={c: users[c].to_numpy() for c in users.columns},
-        item_features={c: items[c].to_numpy() for c in items.columns},
+        user_features={c: as_column(users[c].to_numpy()) for c in users.columns},
+        item_features={c: as_column(items[c].to_numpy()) for c in items.columns},
         user_embeddings=user_embeddings,
         item_embeddings=item_embeddings,
         seen_indptr=np.zeros(len(user_ids) + 1, dtype=np.int64),

@@ -1,9 +1,10 @@
 """Ranking that reuses work: the DLRM split into per-user, per-item and cross parts, exactly.
 
-Merlin Models' ``DLRMModel`` on categorical features only (our schema) is: one embedding per feature,
-the features stacked in name order, the pairwise dot products of the stack (upper triangle,
-row-major, no diagonal), the top MLP, a 1-unit output layer and a sigmoid. The first top-MLP layer is
-linear before its activation, so its input splits by which side each dot product involves::
+Merlin Models' ``DLRMModel`` on categorical features only (our schema) is: one embedding per feature (a
+multi-valued feature's the mean over its values), the features stacked in name order, the pairwise dot
+products of the stack (upper triangle, row-major, no diagonal), the top MLP, a 1-unit output layer and a
+sigmoid. The first top-MLP layer is linear before its activation, so its input splits by which side each
+dot product involves::
 
     W1 . x + b1 = W1[user-user] . x_uu  +  (W1[item-item] . x_ii + b1)  +  W1[user-item] . x_ui
 
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..features.lists import ListColumn, as_column, dtype_key, model_batch, model_signature
 from ..runtime import get_logger
 
 log = get_logger("score")
@@ -169,13 +171,13 @@ class FactoredRanker:
         elif pair_kernel != "tensorflow":
             raise ValueError(f"unknown pair kernel {pair_kernel!r} (numba or tensorflow)")
         self.pair_kernel = pair_kernel
-        self.user_ids = np.stack([user_table[f] for f in parts.user_features], axis=1).astype(np.int64)
-        self.item_ids = np.stack([item_table[f] for f in parts.item_features], axis=1).astype(np.int64)
+        # A multi-valued feature's vector (the mean of its values' embeddings) depends on the row alone: it is
+        # pooled once for every user or item row, and looked up by row like an id.
+        user_tables, self.user_ids = _side_tables(parts.tables, parts.user_features, user_table, batch_rows)
+        item_tables, self.item_ids = _side_tables(parts.tables, parts.item_features, item_table, batch_rows)
         nu, ni = len(parts.user_features), len(parts.item_features)
         upper_u = np.triu(np.ones((nu, nu), dtype=bool), 1)
         upper_i = np.triu(np.ones((ni, ni), dtype=bool), 1)
-        user_tables = [parts.tables[f] for f in parts.user_features]
-        item_tables = [parts.tables[f] for f in parts.item_features]
         first_user = tf.constant(parts.first_user)
         first_item = tf.constant(parts.first_item)
         first_cross = tf.constant(parts.first_cross)
@@ -252,7 +254,36 @@ class FactoredRanker:
         return out
 
 
-def pair_features(catalog: Any, user_rows: np.ndarray, item_rows: np.ndarray) -> dict[str, np.ndarray]:
+def pooled_embeddings(table: Any, column: ListColumn, batch_rows: int) -> Any:
+    """``[rows, dim]``: each row's mean embedding over its values, as Merlin's ``EmbeddingTable`` combines a list
+    feature (``safe_embedding_lookup_sparse``, combiner ``mean``; the ranker's check holds it to the model)."""
+    import tensorflow as tf
+
+    parts = []
+    for start in range(0, len(column), batch_rows):
+        rows = column[start:start + batch_rows]
+        ids = tf.RaggedTensor.from_row_splits(rows.values.astype(np.int64), rows.offsets).to_sparse()
+        parts.append(tf.nn.safe_embedding_lookup_sparse(table, ids, None, combiner="mean"))
+    return tf.concat(parts, axis=0) if parts else tf.zeros([0, table.shape[1]], table.dtype)
+
+
+def _side_tables(tables: dict[str, Any], features: list[str], side: dict[str, Any],
+                 batch_rows: int) -> tuple[list[Any], np.ndarray]:
+    """One side's lookup tables and ``[rows, features]`` lookup ids: a categorical feature's own table and
+    codes; a list feature's pooled rows (:func:`pooled_embeddings`) and the row numbers."""
+    lookups, ids = [], []
+    for feature in features:
+        column = side[feature]
+        if isinstance(column, ListColumn):
+            lookups.append(pooled_embeddings(tables[feature], column, batch_rows))
+            ids.append(np.arange(len(column), dtype=np.int64))
+        else:
+            lookups.append(tables[feature])
+            ids.append(np.asarray(column, dtype=np.int64))
+    return lookups, np.stack(ids, axis=1)
+
+
+def pair_features(catalog: Any, user_rows: np.ndarray, item_rows: np.ndarray) -> dict[str, Any]:
     """DLRM inputs for every (user, candidate) pair, flattened row-major: user-major, candidate-minor."""
     k = item_rows.shape[1]
     flat_users = np.repeat(user_rows, k)
@@ -265,7 +296,7 @@ def pair_features(catalog: Any, user_rows: np.ndarray, item_rows: np.ndarray) ->
 _COMPILED: dict[Any, tuple[Any, Any]] = {}
 
 
-def compiled_predict(model: Any, features: dict[str, np.ndarray]) -> Any:
+def compiled_predict(model: Any, features: dict[str, Any]) -> Any:
     """The model's forward pass as one ``tf.function`` (traced once per model and input dtypes).
 
     Calling a Keras/Merlin model eagerly runs it layer by layer from Python; a traced graph is what
@@ -274,17 +305,19 @@ def compiled_predict(model: Any, features: dict[str, np.ndarray]) -> Any:
     """
     import tensorflow as tf
 
-    key = (id(model), tuple(sorted((c, v.dtype.str) for c, v in features.items())))
+    key = (id(model), tuple(sorted((c, dtype_key(v)) for c, v in features.items())))
     cached = _COMPILED.get(key)
     if cached is None or cached[0] is not model:
-        signature = {c: tf.TensorSpec([None, 1], tf.as_dtype(v.dtype), name=c) for c, v in features.items()}
+        signature = model_signature(features)
         fn = tf.function(lambda batch: model(batch, training=False), input_signature=[signature])
         cached = _COMPILED[key] = (model, fn)
     return cached[1]
 
 
-def rank_pairs(model: Any, features: dict[str, np.ndarray], batch_rows: int) -> np.ndarray:
-    """DLRM click probability for every pair, in batches of ``batch_rows``."""
+def rank_pairs(model: Any, features: dict[str, Any], batch_rows: int) -> np.ndarray:
+    """DLRM click probability for every pair, in batches of ``batch_rows`` (a list feature: a
+    :class:`ListColumn` or an object array of arrays)."""
+    features = {c: as_column(v) for c, v in features.items()}
     total = len(next(iter(features.values())))
     out = np.empty(total, dtype=np.float32)
     if total == 0:
@@ -292,8 +325,7 @@ def rank_pairs(model: Any, features: dict[str, np.ndarray], batch_rows: int) -> 
     predict = compiled_predict(model, features)
     for start in range(0, total, batch_rows):
         stop = min(start + batch_rows, total)
-        batch = {c: v[start:stop].reshape(-1, 1) for c, v in features.items()}
-        out[start:stop] = predict(batch).numpy().reshape(-1)
+        out[start:stop] = predict(model_batch(features, start, stop)).numpy().reshape(-1)
     return out
 
 

@@ -20,14 +20,19 @@ log = get_logger("fit_ranking")
 def build_dlrm(schema: Any, settings: RankingConfig) -> Any:
     import merlin.models.tf as mm
     import tensorflow as tf
+    from merlin.models.tf.models.utils import parse_prediction_blocks
 
-    model = mm.DLRMModel(
+    # mm.DLRMModel, with the input schema handed to the model: DLRMModel infers it from its input blocks, and
+    # without continuous features it has none, so a list feature (``name__values``/``name__offsets``) is
+    # never made ragged and its embedding table is silently pruned at build time.
+    body = mm.DLRMBlock(
         schema,
         embedding_dim=settings.embedding_dim,
         bottom_block=mm.MLPBlock(list(settings.bottom_dims)),
         top_block=mm.MLPBlock(list(settings.top_dims)),
-        prediction_tasks=mm.BinaryClassificationTask(TARGET),
     )
+    model = mm.Model(body, parse_prediction_blocks(schema, mm.BinaryClassificationTask(TARGET)),
+                     schema=schema.without([TARGET]))
     model.compile(
         optimizer=make_optimizer(settings.optimizer, settings.learning_rate),
         run_eagerly=False,

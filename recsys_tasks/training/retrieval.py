@@ -67,10 +67,14 @@ def encode(encoder: Any, table: Any, columns: list[str], batch_rows: int) -> Any
     import numpy as np
     import tensorflow as tf
 
+    from ..features.lists import as_column, model_batch
+
+    # A multi-valued feature goes in as the values/offsets pair the loader feeds in training.
+    features = {c: as_column(table[c].to_numpy()) for c in columns}
     parts = []
     for start in range(0, len(table), batch_rows):
-        batch = table.iloc[start : start + batch_rows]
-        inputs = {c: tf.constant(batch[c].to_numpy().reshape(-1, 1)) for c in columns}
+        batch = model_batch(features, start, min(start + batch_rows, len(table)))
+        inputs = {name: tf.constant(values) for name, values in batch.items()}
         parts.append(np.asarray(encoder(inputs, training=False), dtype=np.float32))
     return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
 
