@@ -157,16 +157,25 @@ def plan_shards(config: Config, run_dir: str | Path, inputs: tuple[Catalog, Any]
         write_index(index, paths.ann_index(kernel))
         plan["ann_index"] = str(paths.ann_index(kernel))
     plan["retrieval_kernel"] = kernel
-    if config.scoring.blend == "fit":
-        catalog, model = inputs if inputs is not None else _load_inputs(paths, config.scoring)
+    settings = config.scoring
+    catalog = inputs[0] if inputs is not None else None
+    if settings.blend == "fit":
+        catalog, model = inputs if inputs is not None else _load_inputs(paths, settings)
         if kernel in ("ivf", "hnsw") and catalog.ann_index is None:
-            attach_index(catalog, kind=kernel, settings=config.scoring, path=paths.ann_index(kernel))
+            attach_index(catalog, kind=kernel, settings=settings, path=paths.ann_index(kernel))
         # Fitted on what the models were validated with: the training days (the validation days are the targets).
-        catalog = with_history(catalog, paths, config.scoring.exclude, "train")
-        ranker = make_ranker(model, catalog, config.scoring.rank_batch_rows, config.scoring.factored_ranking)
-        plan["blend"] = fit_blend(catalog, ranker, require(paths.valid, "transform"), config.scoring, kernel)
+        validated = with_history(catalog, paths, settings.exclude, "train")
+        ranker = make_ranker(model, validated, settings.rank_batch_rows, settings.factored_ranking)
+        plan["blend"] = fit_blend(validated, ranker, require(paths.valid, "transform"), settings, kernel)
     else:
-        plan["blend"] = fixed_blend(config.scoring.blend)
+        plan["blend"] = fixed_blend(settings.blend)
+    plan["window_users"] = 0
+    if settings.history == "window":
+        from .window_users import write_window_part
+
+        catalog = catalog if catalog is not None else load_catalog(paths, settings.exclude, settings.history)
+        plan["window_users"] = write_window_part(catalog, paths, settings.exclude, plan_blend(plan), settings.top_n,
+                                                 recommendations_schema())
     write_json(paths.scoring_plan, plan)
     log.info("scoring plan: %d users in %d shard(s)", users, num_shards)
     return plan
@@ -271,6 +280,10 @@ def collect_parts(config: Config, paths: RunPaths) -> dict[str, Any]:
 
     plan = read_plan(paths)
     expected = {paths.recommendation_part(i) for i in range(plan["num_shards"])}
+    if plan.get("window_users"):
+        from .window_users import window_part
+
+        expected.add(window_part(paths))
     present = set(paths.recommendations.glob("*.parquet"))
     if present - expected:
         raise ShardError(
@@ -280,14 +293,19 @@ def collect_parts(config: Config, paths: RunPaths) -> dict[str, Any]:
     missing = sorted(i for i in range(plan["num_shards"]) if paths.recommendation_part(i) not in present)
     if missing:
         raise ShardError(f"{paths.recommendations}: shard(s) {missing} of {plan['num_shards']} have no part yet")
+    if expected - present:
+        raise ShardError(f"{paths.recommendations}: {sorted(p.name for p in expected - present)} written by the "
+                         "plan is missing; plan and score again")
     shards = [json.loads(require(paths.shard_summary(i), "score").read_text()) for i in range(plan["num_shards"])]
     rows = sum(pq.read_metadata(part).num_rows for part in expected)
-    if rows != plan["users"]:
-        raise ShardError(f"{paths.recommendations}: the parts hold {rows} users, the plan has {plan['users']}")
+    planned = plan["users"] + plan.get("window_users", 0)
+    if rows != planned:
+        raise ShardError(f"{paths.recommendations}: the parts hold {rows} users, the plan has {planned}")
     busiest = max(s["seconds"] for s in shards)
     catalog_items = pq.read_metadata(paths.item_features).num_rows
     return {
         "users": rows,
+        "window_users": int(plan.get("window_users", 0)),
         "items": int(catalog_items),
         "top_k": config.scoring.top_k,
         "top_n": config.scoring.top_n,
