@@ -43,7 +43,14 @@ from ..config import Config
 from ..paths import RunPaths, recommendation_files, require
 from ..runtime import InputDataError, get_logger, quiet_tensorflow, read_summary, stage
 from .counterfactual import TruthLookup, counterfactual_report
-from .lists import flat_lists, list_quality, published_list_metrics, read_lists, training_days_lists
+from .lists import (
+    flat_lists,
+    list_quality,
+    published_list_metrics,
+    read_lists,
+    reproduced_share,
+    training_days_lists,
+)
 from .live import save_sample
 from .metrics import (  # noqa: F401  (re-exported: the metric functions' historical home)
     Relevant,
@@ -169,7 +176,7 @@ def _predict_ranking(model: Any, valid: Any, features: list[str], batch_rows: in
 @stage("evaluate")
 def evaluate(config: Config, paths: RunPaths) -> dict[str, Any]:
     quiet_tensorflow()
-    from ..scoring.catalog import load_catalog
+    from ..scoring.catalog import load_catalog, with_history
 
     top_k, top_n = config.scoring.top_k, config.scoring.top_n
     cutoffs = sorted({*config.evaluate.cutoffs, top_k})
@@ -253,9 +260,13 @@ def evaluate(config: Config, paths: RunPaths) -> dict[str, Any]:
     judged = list_rows
     if config.scoring.history == "window":
         # The published lists also know the validation days; judged on them is what the same models and blend
-        # publish from the training days alone (scoring.history).
+        # publish from the training days alone (scoring.history). What is written must be what the same code
+        # gives from the whole window: recomputed for these users and compared list by list.
         judged = {"user_rows": relevant.eval_users,
                   "item_rows": training_days_lists(config, paths, catalog, relevant.eval_users, model)}
+        window = with_history(catalog, paths, config.scoring.exclude, "window")
+        quality["written_lists_reproduced"] = reproduced_share(
+            list_rows, relevant.eval_users, training_days_lists(config, paths, window, relevant.eval_users, model))
     published, published_per_user = published_list_metrics(judged, relevant, references, popular_rows,
                                                             catalog.num_users, top_n)
     published["judged"] = ("the lists the run's models and blend publish from the training days (scoring.history="

@@ -161,3 +161,17 @@ def training_days_lists(config: Any, paths: RunPaths, catalog: Any, user_rows: n
         for offset, items_raw in enumerate(lists):
             out[start + offset, :len(items_raw)] = items.rows(np.asarray(items_raw, dtype=np.int64))
     return out
+
+
+def reproduced_share(list_rows: dict[str, Any], user_rows: np.ndarray, recomputed: np.ndarray) -> dict[str, Any]:
+    """How many of ``user_rows``' written lists hold exactly the items recomputed for them (as sets: two items
+    of equal score may swap places), and the first user row whose list differs."""
+    position = np.full(int(max(list_rows["user_rows"].max(initial=-1), user_rows.max(initial=-1))) + 1, -1)
+    known = list_rows["user_rows"] >= 0
+    position[list_rows["user_rows"][known]] = np.flatnonzero(known)
+    where = position[user_rows]
+    written = np.full(recomputed.shape, -1, dtype=np.int64)
+    written[where >= 0] = list_rows["item_rows"][where[where >= 0]][:, :recomputed.shape[1]]
+    same = (np.sort(written, axis=1) == np.sort(recomputed, axis=1)).all(axis=1) & (where >= 0)
+    return {"users": int(len(user_rows)), "share": float(same.mean()) if len(same) else 1.0,
+            "first_different_user_row": int(user_rows[~same][0]) if (~same).any() else None}
