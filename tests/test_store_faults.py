@@ -30,7 +30,7 @@ from recsys_tasks.ops.local_redis import LocalCluster, LocalRedis, free_port
 from recsys_tasks.store import CapacityError, RedisUnavailableError, publish, read_manifest
 from recsys_tasks.store.connect import WrongClientError, connect
 from recsys_tasks.store.errors import DurabilityError, EvictionError, SupersededError
-from recsys_tasks.store.fence import FENCED_WRITE
+from recsys_tasks.store.fence import EPOCH_LUA
 from recsys_tasks.store.writer import write_documents
 
 SETTINGS = StoreConfig(pipeline_chunk_keys=100, ttl_s=3600, retry_attempts=6, retry_backoff_s=0.2,
@@ -104,7 +104,7 @@ def audit(client, runs):
                                     "2026-02-28T23:59:59.5Z", "2024-02-29T12:00:00-05:00", "1999-12-31 23:59",
                                     "2026-03-01T00:00:00.000001+00:00"])
 def test_the_fence_reads_logical_dates_as_python_does(redis_client, stored):
-    epoch = FENCED_WRITE.split("if ARGV[3]")[0] + "return tostring(epoch(ARGV[1]))"
+    epoch = EPOCH_LUA + "return tostring(epoch(ARGV[1]))"
     parsed = datetime.fromisoformat(stored.replace("Z", "+00:00"))
     seconds = (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
     assert float(redis_client.eval(epoch, 0, stored)) == pytest.approx(seconds, abs=1e-6)
@@ -193,6 +193,7 @@ def test_documents_lost_after_their_acknowledgement_are_found_by_the_read_back_a
     summary = publish(redis_client, path, SETTINGS, run_id="r", logical_date=DAY.format(1), generated_at="g",
                       on_progress=lose_some)
     assert summary["read_back_replayed"] == len(lost)
+    assert summary["manifest_replicas"] == {"required": 0, "acknowledged": 0}  # a lone Redis: nothing to wait for
     assert audit(redis_client, {"r": (rows, DAY.format(1))}) == {"r": set(range(1000))}
 
 
@@ -203,6 +204,8 @@ def test_too_few_replicas_acknowledging_fails_the_load_before_the_manifest(clust
     # Each master has one replica: by default each must confirm it (WAIT 1).
     assert {v["required"] for v in done["replicas"].values()} == {1}
     assert all(v["acknowledged"] >= 1 for v in done["replicas"].values()) and len(done["replicas"]) == 3
+    # The manifest too: a manifest lost in a failover would bring back one naming a replaced run.
+    assert done["manifest_replicas"]["required"] == 1 and done["manifest_replicas"]["acknowledged"] >= 1
     strict = dataclasses.replace(SETTINGS, min_replicas_acked=2, replica_ack_timeout_s=0.3, retry_attempts=2,
                                  retry_backoff_s=0.1)
     with pytest.raises(DurabilityError, match="only 1 of the 2 required replica") as failure:
@@ -343,15 +346,24 @@ def test_a_tls_url_at_a_plain_server_or_cluster_says_so_in_bounded_time(cluster,
         assert isinstance(error, WrongClientError) and "speaks plain-text Redis, not TLS" in str(error), error
 
 
-def test_a_cluster_url_at_a_stopped_node_fails_in_bounded_time(cluster, cluster_client):
+def test_a_cluster_url_or_airflow_connection_at_a_stopped_node_fails_in_bounded_time(cluster, cluster_client,
+                                                                                    monkeypatch):
+    sys.path.insert(0, str(REPO / "plugins"))
+    import recsys_airflow
+
     replica = next(n for n in cluster.live_nodes() if n.client().info("replication")["role"] == "slave")
+    # The DAG's client (plugins/): built from the Airflow connection, with the load's timeouts and tries.
+    monkeypatch.setenv("AIRFLOW_CONN_REDIS_RECS", json.dumps(
+        {"conn_type": "redis", "host": "127.0.0.1", "port": replica.port, "extra": {"cluster": True}}))
     replica.pause()
     try:
-        error = bounded(lambda: connect(f"redis+cluster://127.0.0.1:{replica.port}", QUICK))
+        errors = [bounded(lambda: connect(f"redis+cluster://127.0.0.1:{replica.port}", QUICK)),
+                  bounded(lambda: recsys_airflow.redis_client(settings=QUICK))]
     finally:
         replica.resume()
-    assert isinstance(error, RedisUnavailableError), error
-    assert "did not answer within 1s, 2 tries" in str(error) and "nothing was read or written" in str(error)
+    for error in errors:
+        assert isinstance(error, RedisUnavailableError), error
+        assert "did not answer within 1s, 2 tries" in str(error) and "nothing was read or written" in str(error)
 
 
 def test_an_unreachable_redis_is_told_once_with_what_was_written(tmp_path):
