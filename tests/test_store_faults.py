@@ -179,6 +179,38 @@ def test_a_lock_holder_stalled_past_its_lock_never_overwrites_the_newer_run(wher
     assert read_manifest(client, SETTINGS)["run_id"] == "day-6"
 
 
+@pytest.mark.parametrize("where", ["single", "cluster"])
+def test_a_writer_stalled_between_its_lock_check_and_a_chunk_never_overwrites_a_rerun_of_the_same_date(
+        where, redis_client, request, tmp_path):
+    """The window the lock check leaves: writer A checks its lock, stalls (here: the check itself runs loader B),
+    B takes the lock and publishes a rerun of the SAME logical date, then A sends its chunk. The dates cannot
+    tell them apart; B's later lock generation in every fence it wrote refuses A's chunk."""
+    from recsys_tasks.store.durability import write_confirmed
+    from recsys_tasks.store.fence import server_time_us
+
+    client = redis_client if where == "single" else request.getfixturevalue("cluster_client")
+    users = 1000
+    rows_a, rows_b = rows_for(range(users), 5), rows_for(range(users), 6)
+    path_a, path_b = write_recs(tmp_path / "a.parquet", rows_a), write_recs(tmp_path / "b.parquet", rows_b)
+    generation_a = server_time_us(client, SETTINGS.lock_key)  # when A took its lock (since lost)
+    checks = []
+
+    def check_lock():  # A's lock check before each chunk passes; before the third, A stalls while B publishes
+        checks.append(len(checks))
+        if len(checks) == 3:
+            assert publish(client, path_b, SETTINGS, run_id="rerun-b", logical_date=DAY.format(5),
+                           generated_at="g")["published"]
+
+    with pytest.raises(SupersededError, match="newer run's document"):
+        write_confirmed(client, path_a, SETTINGS, {"run_id": "rerun-a", "logical_date": DAY.format(5),
+                                                   "generated_at": "g"},
+                        total=users, check_lock=check_lock, generation_us=generation_a)
+    assert len(checks) in (3, 4)  # the refusal of the third chunk is read once the fourth is sent
+    runs = {"rerun-a": (rows_a, DAY.format(5)), "rerun-b": (rows_b, DAY.format(5))}
+    assert audit(client, runs) == {"rerun-b": set(range(users))}
+    assert read_manifest(client, SETTINGS)["run_id"] == "rerun-b"
+
+
 # --- acknowledged is not durable: read-back and WAIT --------------------------------------------------------------
 def test_documents_lost_after_their_acknowledgement_are_found_by_the_read_back_and_written_again(redis_client,
                                                                                                   tmp_path):

@@ -259,6 +259,8 @@ def write_confirmed(client: Any, path: Any, settings: StoreConfig, run_fields: d
     writer = PipelinedWriter(client, settings, total=total, on_progress=on_progress)
     replayed_after_read_back = 0
     try:
+        if fence is not None:
+            writer.claim(fence)
         chunks, payload_bytes = stream_documents(writer, path, settings, run_fields, fence=fence,
                                                  check_lock=check_lock)
         written = writer.finish()

@@ -1,12 +1,16 @@
-"""The fenced write: one script call per node and chunk; an older or stalled load never replaces newer documents.
+"""The fenced write: one script call per few hundred rows; an older or stalled load never replaces newer documents.
 
 Every hash slot has a fence key (``<lock_key>:FENCE:{tag}``, one key on a single Redis) holding the
-logical date and the *generation* (the server's time when the load took its lock) of the last load
-that wrote there. The script checks the fence of every slot in its batch before it writes anything:
-a stored generation newer than ours (a load that took the lock after us: we stalled past it), or,
-unless forced, a newer logical date, refuses the whole batch (reply 0). Otherwise it sets those
-fences to ours and writes each ``JSON.SET`` + ``PEXPIREAT``. The generation closes the same-date
-window: a writer of the same logical date that stalled past its lock is refused too.
+logical date and the *generation* (the server's clock when the load took its lock) of the last load
+that claimed it. Before its first document a load claims every fence (:func:`claim_payloads`): a
+fence holding a newer generation (a load that took the lock after this one: this one stalled past
+it) or, unless forced, a newer logical date refuses the load. Each call of document writes then
+checks the fence of its first row's slot only: a load that took the lock later claimed every fence
+before writing anything, so a call that still finds a fence unclaimed by it runs before all of its
+writes, which replace the stale call's. The generation closes the same-date window the lock check
+between chunks leaves: a writer of the same logical date that stalled past its lock is refused too.
+A fence that is missing, older than ours (lost) or on another node (its slot is being migrated)
+makes the call compare each document's own logical date instead.
 
 The expiry is one instant per load (``generation + ttl_s``), so ``PEXPIRETIME`` tells the read-back
 whether a key holds this load's write, without reading the document.
@@ -55,12 +59,13 @@ local function epoch(s)
   return (era * 146097 + doe - 719468) * 86400 + secs - off
 end
 """
-# KEYS[1]: the first document (routes the call; the others are in ARGV: a cluster node checks each access).
-# ARGV: date (UTC seconds, '-' when undated), generation, force, expire-at (ms), may create fences ('0' after
-# ASKING: the slot is being imported and its fence may still be on the other node), groups G, then G pairs
-# (fence key, documents of its slot, in order), then the document keys, then the documents.
-# Every fence is checked before the first write, so a refused batch writes nothing. A write that fails
-# midway (a key of a slot being migrated) leaves whole documents of this load, replayed row by row.
+# KEYS[1]: routes the call (its first fence or document key); every other key is in ARGV (a cluster node
+# checks each access). ARGV: date (UTC seconds, '-' when undated), generation, force, expire-at (ms), may
+# create a missing fence ('0' after ASKING: the slot is being imported and its fence may still be on the
+# other node), groups G, then G pairs (fence key, rows it covers), then the document keys, then the
+# documents. A claim is G fences covering no rows. Replies -1 when refused, else the documents written.
+# Every check comes before the first write, so a refused call writes nothing; a write that fails midway (a
+# key of a slot being migrated) leaves whole documents of this load, replayed row by row.
 FENCED_WRITE = "#!lua flags=allow-cross-slot-keys\n" + EPOCH_LUA + """
 local ours, generation, force = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 local stamp = ARGV[1] .. ' ' .. ARGV[2]
@@ -74,21 +79,20 @@ local claim, row = {}, 0
 for g = 1, groups do
   local fence, count = ARGV[5 + 2 * g], tonumber(ARGV[6 + 2 * g])
   local stored = redis.pcall('GET', fence)
-  if type(stored) == 'string' then
-    if stored ~= stamp then
+  if stored ~= stamp then
+    if type(stored) == 'string' then
       local date, theirs = string.match(stored, '^(%S+) (%d+)$')
-      if not theirs or tonumber(theirs) > generation or (date ~= '-' and newer(tonumber(date))) then return 0 end
+      if not theirs or tonumber(theirs) > generation or (date ~= '-' and newer(tonumber(date))) then return -1 end
+      claim[#claim + 1] = fence
+    elseif not stored and ARGV[5] == '1' then
       claim[#claim + 1] = fence
     end
-  elseif not stored and ARGV[5] == '1' then
-    claim[#claim + 1] = fence
-  else
-    -- The fence is not here (its slot is being migrated): each document's own logical date decides.
+    -- Not this load's claim (lost, or on another node): each document's own logical date decides.
     for i = row + 1, row + count do
       local held = redis.pcall('JSON.GET', ARGV[keys_at + i], '$.logical_date')
       if type(held) == 'string' then
         local theirs = string.match(held, '^%["(.*)"%]$')
-        if newer(theirs and epoch(theirs)) then return 0 end
+        if newer(theirs and epoch(theirs)) then return -1 end
       end
     end
   end
@@ -104,6 +108,7 @@ return n
 """
 FENCED_WRITE_SHA = hashlib.sha1(FENCED_WRITE.encode()).hexdigest()
 SLOTS = 16384
+REFUSED = b":-1"  # the fenced write's reply when a fence refuses it
 
 
 def parse_logical_date(value: str, what: str) -> datetime:

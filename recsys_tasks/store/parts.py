@@ -1,8 +1,9 @@
 """What the writer sends to one node and what it expects back: rows of plain or fenced writes, as one RESP payload.
 
 A plain part is ``JSON.SET`` + ``EXPIRE`` per row. A fenced part is, normally, one ``EVALSHA`` of the
-fenced write (:mod:`.fence`) for all its rows, grouped by slot so each slot's fence is read once; after
-a redirect its rows go one call each (a single declared key, which ``ASKING`` can follow).
+fenced write (:mod:`.fence`) per ``ROWS_PER_CALL`` rows, checking the fence of its first row's slot;
+after a redirect its rows go one call each (its own slot's fence; a single declared key, which
+``ASKING`` can follow).
 """
 
 from __future__ import annotations
@@ -90,10 +91,7 @@ class Part:
                 return keys.payload(self.commands)
             return b"".join(keys.asking_payload(row.encode()) for row in self.commands.to_pylist())
         if self.batch:
-            import numpy as np
-
-            order = np.argsort(self.slots, kind="stable")  # each slot's rows together: its fence read once
-            return b"".join(self._batch_payload(order[start:start + ROWS_PER_CALL])
+            return b"".join(self._batch_payload(start, min(start + ROWS_PER_CALL, len(self)))
                             for start in range(0, len(self), ROWS_PER_CALL))
         return b"".join(self._row_payload(i) for i in range(len(self)))
 
@@ -101,22 +99,15 @@ class Part:
         assert self.fence is not None
         return bulk(self.fence.key_of_slot(None if slot < 0 else int(slot)))
 
-    def _batch_payload(self, order: Any) -> bytes:
-        """``EVALSHA sha 1 <first key> <fence args> G (fence, rows)*G keys* documents*`` for the rows ``order``."""
-        import numpy as np
-        import pyarrow as pa
-
+    def _batch_payload(self, start: int, end: int) -> bytes:
+        """``EVALSHA sha 1 <first key> <fence args> 1 <fence of the first row's slot> <rows> keys* documents*``."""
         assert self.fence is not None
-        slots, picks = self.slots[order], pa.array(order)
-        key_bulks, doc_bulks = self.commands.take(picks), self.documents.take(picks)
-        starts = np.flatnonzero(np.r_[True, slots[1:] != slots[:-1]])
-        counts = np.diff(np.r_[starts, len(slots)])
-        groups = b"".join(self._fence_of(slots[s]) + bulk(str(c)) for s, c in zip(starts.tolist(), counts.tolist()))
-        rows, arguments = len(order), self.fence.arguments(create=True)
-        header = (b"*%d\r\n$7\r\nEVALSHA\r\n" % (4 + len(arguments) + 1 + 2 * len(starts) + 2 * rows)
-                  + bulk(self.fence.sha) + bulk("1") + key_bulks[0].as_py().encode()
-                  + b"".join(bulk(a) for a in arguments) + bulk(str(len(starts))))
-        return header + groups + keys.payload(key_bulks) + keys.payload(doc_bulks)
+        key_bulks, doc_bulks = self.commands.slice(start, end - start), self.documents.slice(start, end - start)
+        rows, arguments = end - start, self.fence.arguments(create=True)
+        return (b"*%d\r\n$7\r\nEVALSHA\r\n" % (4 + len(arguments) + 3 + 2 * rows) + bulk(self.fence.sha) + bulk("1")
+                + key_bulks[0].as_py().encode() + b"".join(bulk(a) for a in arguments) + bulk("1")
+                + self._fence_of(self.slots[start]) + bulk(str(rows))
+                + keys.payload(key_bulks) + keys.payload(doc_bulks))
 
     def _row_payload(self, row: int) -> bytes:
         """One row as its own call (its key declared, so a cluster node redirects it, and ``ASKING`` applies)."""

@@ -20,15 +20,15 @@ from typing import Any
 from ..config import StoreConfig
 from ..runtime import get_logger
 from . import keys
+from .claim import claim_fences, superseded
 from .errors import (
     RedisJSONMissingError,
     RedisUnavailableError,
     StoreError,
     StoreOutOfMemoryError,
-    SupersededError,
     json_module_hint,
 )
-from .fence import Fence, load_fenced_write
+from .fence import REFUSED, Fence, load_fenced_write
 from .parts import Outcome, Part, parse_error
 from .resilience import transient_errors, wait_before_retry
 from .topology import key_slots, receive, route_for
@@ -117,14 +117,11 @@ class PipelinedWriter:
             lost = exc
         verdicts: dict[int, Any] = {}
         for index, line in enumerate(lines):
-            if part.fence is not None and line == b":0":
+            if part.fence is not None and line == REFUSED:
                 connection.disconnect()
                 self._buffers.pop(name, None)
                 self.queues.pop(name, None)
-                raise SupersededError(
-                    f"{name} holds a newer run's document for a user of this load (a newer logical date, or a load "
-                    "that took the lock after this one, wrote there while this load ran, e.g. after it stalled past "
-                    "its lock); the fenced write left it in place and this load stops without writing the manifest")
+                raise superseded(name)
             if line[:1] == b"-":
                 verdict = self._classify(name, parse_error(line[1:].decode(errors="replace")), connection,
                                          batch=part.fence is not None and part.batch)
@@ -222,6 +219,10 @@ class PipelinedWriter:
                 self._read(name, outcome)
 
     # --- the public steps ----------------------------------------------------------------------------------
+    def claim(self, fence: Fence) -> None:
+        """Claim every slot's fence for this load before its first document (:func:`.claim.claim_fences`)."""
+        claim_fences(self.route, self.client, self.settings, fence)
+
     def submit(self, part: Part) -> None:
         """Send one chunk (grouped by node), then read the replies of the chunk before it."""
         outcome = Outcome()
@@ -348,6 +349,8 @@ def write_documents(client: Any, path: Any, settings: StoreConfig, run_fields: d
         fence = fence_for(client, settings, run_fields["logical_date"], generation_us)
     writer = PipelinedWriter(client, settings, total=count_rows(path), on_progress=on_progress)
     try:
+        if fence is not None:
+            writer.claim(fence)
         _, payload_bytes = stream_documents(writer, path, settings, run_fields, fence=fence)
         written = writer.finish()
     finally:
