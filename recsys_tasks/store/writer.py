@@ -2,11 +2,11 @@
 
 Each chunk of users is encoded to RESP column-wise (:mod:`.keys`, :mod:`.parts`); on a cluster its
 rows are grouped by the master owning each key's slot and each group goes to that master's raw
-connection (one fenced-write call per node and chunk). Replies of a chunk are read only after the
-next chunk is sent, so the servers work while we encode. A row counts as written when its replies
-are read (progress counts acknowledged rows, not commands sent). Rows that come back with MOVED/ASK,
-a cluster error (CLUSTERDOWN, TRYAGAIN, READONLY, LOADING) or whose replies were lost with a
-connection are replayed (every write is idempotent) after refreshing the slot map; connection faults get
+connection (fenced-write calls of up to 512 rows). Replies of a chunk are read only after the next
+chunk is sent, so the servers work while we encode. A row counts as written when its replies are
+read (progress counts acknowledged rows, not commands sent). Rows that come back with MOVED/ASK, a
+cluster error (CLUSTERDOWN, TRYAGAIN, READONLY, LOADING) or whose replies were lost with a connection
+are replayed (every write is idempotent) after refreshing the slot map; connection faults get
 ``store.retry_attempts`` tries with backoff, then :class:`RedisUnavailableError`.
 """
 
