@@ -193,6 +193,7 @@ def test_slot_migrated_during_the_load(client, tmp_path):
     assert events == ["started", "finished"]
     assert summary["published"] and summary["users"] == USERS
     assert summary["replayed"]["ask"] > 0 and summary["replayed"]["moved"] > 0, summary["replayed"]
+    assert summary["verified"] == "read back"  # rows were redirected: every key is read back, not left to WAIT
     client.nodes_manager.initialize()
     assert all(client.nodes_manager.slots_cache[slot][0].name == target for slot in moving)
     audit(client, rows, "migrating", DAY.format(7))

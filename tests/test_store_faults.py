@@ -226,6 +226,7 @@ def test_documents_lost_after_their_acknowledgement_are_found_by_the_read_back_a
                       on_progress=lose_some)
     assert summary["read_back_replayed"] == len(lost)
     assert summary["manifest_replicas"] == {"required": 0, "acknowledged": 0}  # a lone Redis: nothing to wait for
+    assert summary["verified"] == "read back"  # no replica confirms a lone node's writes: every key is read back
     assert audit(redis_client, {"r": (rows, DAY.format(1))}) == {"r": set(range(1000))}
 
 
@@ -236,6 +237,8 @@ def test_too_few_replicas_acknowledging_fails_the_load_before_the_manifest(clust
     # Each master has one replica: by default each must confirm it (WAIT 1).
     assert {v["required"] for v in done["replicas"].values()} == {1}
     assert all(v["acknowledged"] >= 1 for v in done["replicas"].values()) and len(done["replicas"]) == 3
+    # An undisturbed load whose every write WAIT confirmed skips the read-back.
+    assert done["verified"] == "WAIT"
     # The manifest too: a manifest lost in a failover would bring back one naming a replaced run.
     assert done["manifest_replicas"]["required"] == 1 and done["manifest_replicas"]["acknowledged"] >= 1
     strict = dataclasses.replace(SETTINGS, min_replicas_acked=2, replica_ack_timeout_s=0.3, retry_attempts=2,
@@ -278,6 +281,7 @@ def test_a_master_paused_past_the_node_timeout_mid_load_loses_nothing_the_manife
     by_run = audit(cluster_client, {"paused": (rows, DAY.format(4))})
     if summary is not None:
         assert summary["published"] and by_run == {"paused": set(range(users))}
+        assert summary["verified"] == "read back"  # a connection was lost: WAIT alone does not cover it
         assert read_manifest(cluster_client, SETTINGS)["run_id"] == "paused"
 
 

@@ -296,6 +296,7 @@ def publish(
         "avg_document_bytes": round(counts["payload_bytes"] / max(users, 1), 1),
         "replayed": counts["replayed"],
         "read_back_replayed": counts["read_back_replayed"],
+        "verified": counts["verified"],
         "replicas": counts["replicas"],
         "manifest_replicas": manifest_replicas,
         **leftovers,

@@ -57,6 +57,9 @@ class PipelinedWriter:
         self._rex = rex
         self._down: set[str] = set()  # nodes whose connection failed in the current round
         self._buffers: dict[str, bytearray] = {}  # bytes received from a node and not yet parsed
+        # Set once a connection was lost or rows were redirected or replayed: acknowledged writes may then
+        # sit outside what WAIT on the current connections covers (.durability reads every key back).
+        self.disturbed = False
 
     # --- sending and reading -----------------------------------------------------------------------------
     def _send(self, name: str, part: Part, outcome: Outcome) -> None:
@@ -74,6 +77,7 @@ class PipelinedWriter:
 
     def _lose_node(self, name: str, outcome: Outcome, error: BaseException, extra: list[Part]) -> None:
         """A node's connection failed: everything sent to it and not yet acknowledged is replayed."""
+        self.disturbed = True
         self._down.add(name)
         outcome.transient.extend([*self.queues.pop(name, ()), *extra])
         outcome.error = error
@@ -252,6 +256,7 @@ class PipelinedWriter:
     def _replay(self, outcome: Outcome) -> None:
         """Resend unacknowledged rows until all are acknowledged or a failure has used every try."""
         failures = 1 if outcome.transient else 0  # the try that just failed
+        self.disturbed = True
         for _ in range(MAX_REDIRECT_ROUNDS):
             if not outcome:
                 return
