@@ -6,10 +6,9 @@ phase each master is asked ``WAIT numreplicas`` on the connection that wrote (``
 (pipelined per node on the same raw connections), and whatever is missing or not this load's is
 written again (then waited for and read back again) before the manifest. A load that ``WAIT`` fully
 covers (every master replicated and confirmed, nothing lost, redirected or replayed) skips the
-read-back (:func:`_verification`). A fenced write gives every
-document of a load one expiry instant (:mod:`.fence`), so the read-back is ``PEXPIRETIME key`` (an
-integer compared byte for byte: about a third of the server's work of ``JSON.GET key $.run_id``, which
-plain writes are read back with).
+read-back (:func:`_verification`). A fenced write gives every document of a load one expiry instant
+(:mod:`.fence`), so the read-back is ``PEXPIRETIME key`` (an integer compared byte for byte: about a
+third of the server's work of ``JSON.GET key $.run_id``, which plain writes are read back with).
 """
 
 from __future__ import annotations
@@ -248,11 +247,13 @@ def write_confirmed(client: Any, path: Any, settings: StoreConfig, run_fields: d
                     check_lock: Callable[[], None] | None = None,
                     after_write: Callable[[], None] | None = None,
                     generation_us: int | None = None) -> dict[str, Any]:
-    """Write every document of ``path``, wait for the replicas, read every key back, and replay what is missing.
+    """Claim the fences, write every document of ``path``, wait for the replicas, read the keys back where
+    ``WAIT`` does not cover them (:func:`_verification`), and replay what is missing.
 
     ``generation_us`` is when the load took its lock (the fence's generation; default: the server's
     time now). Returns the counts of :func:`recsys_tasks.store.writer.write_documents` plus ``replicas``
-    (per master: required and acknowledged) and ``read_back_replayed`` (documents written again after the read-back).
+    (per master: required and acknowledged), ``verified`` (``"read back"``, ``"WAIT"`` or ``"off"``) and
+    ``read_back_replayed`` (documents written again after the read-back).
     """
     fence = None
     if settings.fenced_writes:
