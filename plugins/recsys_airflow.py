@@ -65,17 +65,23 @@ def logical_date(context: Any) -> str:
     return value.isoformat() if value is not None else ""
 
 
-def redis_client(conn_id: str = REDIS_CONN_ID) -> Any:
+def redis_client(conn_id: str = REDIS_CONN_ID, settings: Any = None) -> Any:
     """A redis-py client from the Airflow connection: host, port, login (ACL user), password, and the extras
     ``db``, ``ssl``, ``ssl_ca_certs``, ``ssl_cert_reqs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_check_hostname``;
     with the extra ``{"cluster": true}`` (and optionally ``startup_nodes``) it is a ``RedisCluster``, which the
     load and ``fetch`` handle as well.
 
-    Secrets stay in the connection (Airflow masks them in task logs); the load adds retries and timeouts.
+    Built by ``recsys_tasks.store.connect`` with the timeouts and tries of ``settings`` (``store.*``), like a
+    client from ``--redis-url``: the hook's own client has none, and a cluster client connects while it is
+    built. Secrets stay in the connection (Airflow masks them in task logs).
     """
     from airflow.providers.redis.hooks.redis import RedisHook
 
-    return RedisHook(redis_conn_id=conn_id).get_conn()
+    from recsys_tasks.store.connect import connect_fields
+
+    connection = RedisHook.get_connection(conn_id)
+    return connect_fields(settings, host=connection.host, port=connection.port, login=connection.login,
+                          password=connection.password, extra=connection.extra_dejson)
 
 
 def run_stage(name: str, context: Any) -> dict[str, Any]:
@@ -87,7 +93,7 @@ def run_stage(name: str, context: Any) -> dict[str, Any]:
     logging.getLogger("recsys_tasks").setLevel(logging.INFO)
     config = task_config(context)
     run_dir = task_run_dir(context, config)
-    client = redis_client() if name == "load_redis" else None
+    client = redis_client(settings=config.store) if name == "load_redis" else None
     return run(name, config, run_dir, redis_client=client, run_id=context["run_id"], logical_date=logical_date(context))
 
 
@@ -181,7 +187,8 @@ def prune_run_dirs(context: Any) -> dict[str, Any]:
     config = task_config(context)
     dag_id = context["dag"].dag_id
     protected = [task_run_dir(context, config)]
-    manifest = read_manifest(redis_client(), config.store)  # an unreachable Redis fails the task: nothing deleted
+    # An unreachable Redis fails the task: nothing deleted.
+    manifest = read_manifest(redis_client(settings=config.store), config.store)
     if manifest and manifest.get("run_id"):
         protected.append(run_dir_for(config.artifact_root, dag_id, manifest["run_id"]))
 

@@ -36,8 +36,9 @@ class CountingConnection(redis.Connection):
 
     def send_packed_command(self, command, *args, **kwargs):
         payload = b"".join(bytes(part) for part in (command if isinstance(command, list) else [command]))
-        # A chunk of documents: JSON.SET + EXPIRE per row, or the fenced write (EVALSHA) per row.
-        if payload.startswith((b"*4\r\n$8\r\nJSON.SET\r\n$", b"*8\r\n$7\r\nEVALSHA\r\n")) and b"USER:" in payload[:120]:
+        # A chunk of documents: JSON.SET + EXPIRE per row, or the fenced write (EVALSHA per node and chunk).
+        if (payload.startswith(b"*4\r\n$8\r\nJSON.SET\r\n$") or b"\r\n$7\r\nEVALSHA\r\n" in payload[:20]) \
+                and b"USER:" in payload[:120]:
             CountingConnection.document_sends += 1
         return super().send_packed_command(command, *args, **kwargs)
 

@@ -30,7 +30,7 @@ from recsys_tasks.ops.local_redis import LocalCluster, LocalRedis, free_port
 from recsys_tasks.store import CapacityError, RedisUnavailableError, publish, read_manifest
 from recsys_tasks.store.connect import WrongClientError, connect
 from recsys_tasks.store.errors import DurabilityError, EvictionError, SupersededError
-from recsys_tasks.store.fence import FENCED_WRITE
+from recsys_tasks.store.fence import EPOCH_LUA
 from recsys_tasks.store.writer import write_documents
 
 SETTINGS = StoreConfig(pipeline_chunk_keys=100, ttl_s=3600, retry_attempts=6, retry_backoff_s=0.2,
@@ -104,7 +104,7 @@ def audit(client, runs):
                                     "2026-02-28T23:59:59.5Z", "2024-02-29T12:00:00-05:00", "1999-12-31 23:59",
                                     "2026-03-01T00:00:00.000001+00:00"])
 def test_the_fence_reads_logical_dates_as_python_does(redis_client, stored):
-    epoch = FENCED_WRITE.split("if ARGV[3]")[0] + "return tostring(epoch(ARGV[1]))"
+    epoch = EPOCH_LUA + "return tostring(epoch(ARGV[1]))"
     parsed = datetime.fromisoformat(stored.replace("Z", "+00:00"))
     seconds = (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
     assert float(redis_client.eval(epoch, 0, stored)) == pytest.approx(seconds, abs=1e-6)
@@ -179,6 +179,38 @@ def test_a_lock_holder_stalled_past_its_lock_never_overwrites_the_newer_run(wher
     assert read_manifest(client, SETTINGS)["run_id"] == "day-6"
 
 
+@pytest.mark.parametrize("where", ["single", "cluster"])
+def test_a_writer_stalled_between_its_lock_check_and_a_chunk_never_overwrites_a_rerun_of_the_same_date(
+        where, redis_client, request, tmp_path):
+    """The window the lock check leaves: writer A checks its lock, stalls (here: the check itself runs loader B),
+    B takes the lock and publishes a rerun of the SAME logical date, then A sends its chunk. The dates cannot
+    tell them apart; B's later lock generation in every fence it wrote refuses A's chunk."""
+    from recsys_tasks.store.durability import write_confirmed
+    from recsys_tasks.store.fence import server_time_us
+
+    client = redis_client if where == "single" else request.getfixturevalue("cluster_client")
+    users = 1000
+    rows_a, rows_b = rows_for(range(users), 5), rows_for(range(users), 6)
+    path_a, path_b = write_recs(tmp_path / "a.parquet", rows_a), write_recs(tmp_path / "b.parquet", rows_b)
+    generation_a = server_time_us(client, SETTINGS.lock_key)  # when A took its lock (since lost)
+    checks = []
+
+    def check_lock():  # A's lock check before each chunk passes; before the third, A stalls while B publishes
+        checks.append(len(checks))
+        if len(checks) == 3:
+            assert publish(client, path_b, SETTINGS, run_id="rerun-b", logical_date=DAY.format(5),
+                           generated_at="g")["published"]
+
+    with pytest.raises(SupersededError, match="newer run's document"):
+        write_confirmed(client, path_a, SETTINGS, {"run_id": "rerun-a", "logical_date": DAY.format(5),
+                                                   "generated_at": "g"},
+                        total=users, check_lock=check_lock, generation_us=generation_a)
+    assert len(checks) in (3, 4)  # the refusal of the third chunk is read once the fourth is sent
+    runs = {"rerun-a": (rows_a, DAY.format(5)), "rerun-b": (rows_b, DAY.format(5))}
+    assert audit(client, runs) == {"rerun-b": set(range(users))}
+    assert read_manifest(client, SETTINGS)["run_id"] == "rerun-b"
+
+
 # --- acknowledged is not durable: read-back and WAIT --------------------------------------------------------------
 def test_documents_lost_after_their_acknowledgement_are_found_by_the_read_back_and_written_again(redis_client,
                                                                                                   tmp_path):
@@ -193,6 +225,8 @@ def test_documents_lost_after_their_acknowledgement_are_found_by_the_read_back_a
     summary = publish(redis_client, path, SETTINGS, run_id="r", logical_date=DAY.format(1), generated_at="g",
                       on_progress=lose_some)
     assert summary["read_back_replayed"] == len(lost)
+    assert summary["manifest_replicas"] == {"required": 0, "acknowledged": 0}  # a lone Redis: nothing to wait for
+    assert summary["verified"] == "read back"  # no replica confirms a lone node's writes: every key is read back
     assert audit(redis_client, {"r": (rows, DAY.format(1))}) == {"r": set(range(1000))}
 
 
@@ -203,6 +237,10 @@ def test_too_few_replicas_acknowledging_fails_the_load_before_the_manifest(clust
     # Each master has one replica: by default each must confirm it (WAIT 1).
     assert {v["required"] for v in done["replicas"].values()} == {1}
     assert all(v["acknowledged"] >= 1 for v in done["replicas"].values()) and len(done["replicas"]) == 3
+    # An undisturbed load whose every write WAIT confirmed skips the read-back.
+    assert done["verified"] == "WAIT"
+    # The manifest too: a manifest lost in a failover would bring back one naming a replaced run.
+    assert done["manifest_replicas"]["required"] == 1 and done["manifest_replicas"]["acknowledged"] >= 1
     strict = dataclasses.replace(SETTINGS, min_replicas_acked=2, replica_ack_timeout_s=0.3, retry_attempts=2,
                                  retry_backoff_s=0.1)
     with pytest.raises(DurabilityError, match="only 1 of the 2 required replica") as failure:
@@ -243,6 +281,7 @@ def test_a_master_paused_past_the_node_timeout_mid_load_loses_nothing_the_manife
     by_run = audit(cluster_client, {"paused": (rows, DAY.format(4))})
     if summary is not None:
         assert summary["published"] and by_run == {"paused": set(range(users))}
+        assert summary["verified"] == "read back"  # a connection was lost: WAIT alone does not cover it
         assert read_manifest(cluster_client, SETTINGS)["run_id"] == "paused"
 
 
@@ -343,15 +382,24 @@ def test_a_tls_url_at_a_plain_server_or_cluster_says_so_in_bounded_time(cluster,
         assert isinstance(error, WrongClientError) and "speaks plain-text Redis, not TLS" in str(error), error
 
 
-def test_a_cluster_url_at_a_stopped_node_fails_in_bounded_time(cluster, cluster_client):
+def test_a_cluster_url_or_airflow_connection_at_a_stopped_node_fails_in_bounded_time(cluster, cluster_client,
+                                                                                    monkeypatch):
+    sys.path.insert(0, str(REPO / "plugins"))
+    import recsys_airflow
+
     replica = next(n for n in cluster.live_nodes() if n.client().info("replication")["role"] == "slave")
+    # The DAG's client (plugins/): built from the Airflow connection, with the load's timeouts and tries.
+    monkeypatch.setenv("AIRFLOW_CONN_REDIS_RECS", json.dumps(
+        {"conn_type": "redis", "host": "127.0.0.1", "port": replica.port, "extra": {"cluster": True}}))
     replica.pause()
     try:
-        error = bounded(lambda: connect(f"redis+cluster://127.0.0.1:{replica.port}", QUICK))
+        errors = [bounded(lambda: connect(f"redis+cluster://127.0.0.1:{replica.port}", QUICK)),
+                  bounded(lambda: recsys_airflow.redis_client(settings=QUICK))]
     finally:
         replica.resume()
-    assert isinstance(error, RedisUnavailableError), error
-    assert "did not answer within 1s, 2 tries" in str(error) and "nothing was read or written" in str(error)
+    for error in errors:
+        assert isinstance(error, RedisUnavailableError), error
+        assert "did not answer within 1s, 2 tries" in str(error) and "nothing was read or written" in str(error)
 
 
 def test_an_unreachable_redis_is_told_once_with_what_was_written(tmp_path):

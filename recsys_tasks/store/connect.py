@@ -89,7 +89,6 @@ def connect(url: str, settings: StoreConfig | None = None) -> Any:
     when a probe finds one). A plain URL at a cluster node raises :class:`WrongClientError`.
     """
     import redis
-    from redis.exceptions import RedisClusterException
 
     settings = settings or StoreConfig()
     scheme, _, rest = url.partition("://")
@@ -97,21 +96,75 @@ def connect(url: str, settings: StoreConfig | None = None) -> Any:
     plain_url = f"{scheme.replace('+cluster', '')}://{rest}"
     parsed = urlparse(plain_url)
     host, port, tls = parsed.hostname or "127.0.0.1", parsed.port or 6379, plain_url.startswith("rediss")
-    options = {"socket_timeout": settings.socket_timeout_s, "socket_connect_timeout": settings.socket_timeout_s}
+    options = _bounded(settings)
 
     def build() -> Any:
         if cluster:
             from redis.cluster import RedisCluster
 
-            # One attempt per try inside redis-py: the tries are ours (below).
-            return RedisCluster.from_url(plain_url, retry=single_try(), cluster_error_retry_attempts=1, **options)
-        client = redis.Redis.from_url(plain_url, retry=single_try(), **options)
-        try:
-            client.ping()
-        except BaseException:
-            client.close()
-            raise
-        return client
+            return RedisCluster.from_url(plain_url, cluster_error_retry_attempts=1, **options)
+        return _pinged(redis.Redis.from_url(plain_url, **options))
+
+    return _connected(build, host, port, tls, cluster, settings)
+
+
+def connect_fields(settings: StoreConfig | None = None, *, host: str | None, port: int | None,
+                   login: str | None = None, password: str | None = None,
+                   extra: dict[str, Any] | None = None) -> Any:
+    """:func:`connect` for a server given by fields, as an Airflow Redis connection holds them: host, port,
+    login (ACL user), password, and the extras ``db``, ``cluster``, ``startup_nodes`` ("host:port,...")
+    and ``ssl``, ``ssl_ca_certs``, ``ssl_cert_reqs``, ``ssl_certfile``, ``ssl_keyfile``,
+    ``ssl_check_hostname`` (read as the Airflow Redis provider reads them), with the same bounded waits."""
+    import redis
+
+    settings = settings or StoreConfig()
+    extra = dict(extra or {})
+    host, port = host or "127.0.0.1", int(port or 6379)
+    cluster = bool(extra.get("cluster", False))
+    if cluster and extra.get("db") not in (None, 0):
+        raise WrongClientError(f"a Redis Cluster has only database 0; the connection sets db={extra['db']!r}")
+    tls = {k: v for k, v in extra.items() if k in SSL_EXTRAS}
+    options = {**_bounded(settings), **tls,
+               "username": login or None,
+               "password": None if str(password).lower() in ("none", "false", "") else password}
+
+    def build() -> Any:
+        if cluster:
+            from redis.cluster import ClusterNode, RedisCluster
+
+            nodes = [ClusterNode(h, int(p or 6379)) for h, _, p in
+                     (n.strip().partition(":") for n in str(extra.get("startup_nodes") or "").split(",") if n.strip())]
+            return RedisCluster(host=host, port=port, startup_nodes=nodes or None, cluster_error_retry_attempts=1,
+                                **options)
+        return _pinged(redis.Redis(host=host, port=port, db=int(extra.get("db") or 0), **options))
+
+    return _connected(build, host, port, bool(tls.get("ssl")), cluster, settings)
+
+
+SSL_EXTRAS = ("ssl", "ssl_cert_reqs", "ssl_ca_certs", "ssl_keyfile", "ssl_certfile", "ssl_check_hostname")
+
+
+def _bounded(settings: StoreConfig) -> dict[str, Any]:
+    """Every connect and read within ``socket_timeout_s``; one attempt inside redis-py: the tries are ours."""
+    return {"socket_timeout": settings.socket_timeout_s, "socket_connect_timeout": settings.socket_timeout_s,
+            "retry": single_try()}
+
+
+def _pinged(client: Any) -> Any:
+    """A single-node client once it has answered (redis-py connects lazily)."""
+    try:
+        client.ping()
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def _connected(build: Any, host: str, port: int, tls: bool, cluster: bool, settings: StoreConfig) -> Any:
+    """``build()`` with ``store.retry_attempts`` tries; a TLS/plain mismatch named; a cluster node refused to a
+    single-node client."""
+    import redis
+    from redis.exceptions import RedisClusterException
 
     where = f"{'Redis Cluster node' if cluster else 'Redis'} at {host}:{port}"
     failures = 0

@@ -3,8 +3,12 @@
 Redis replication is asynchronous, so a master's ``+OK`` can be lost in a failover. After the write
 phase each master is asked ``WAIT numreplicas`` on the connection that wrote (``store.min_replicas_acked``;
 -1: one where the node has a replica, none on a lone node), then every key of the run is read back
-(``JSON.GET key $.run_id``, pipelined per node on the same raw connections), and whatever is missing
-or not this run's is written again (then waited for and read back again) before the manifest.
+(pipelined per node on the same raw connections), and whatever is missing or not this load's is
+written again (then waited for and read back again) before the manifest. A load that ``WAIT`` fully
+covers (every master replicated and confirmed, nothing lost, redirected or replayed) skips the
+read-back (:func:`_verification`). A fenced write gives every document of a load one expiry instant
+(:mod:`.fence`), so the read-back is ``PEXPIRETIME key`` (an integer compared byte for byte: about a
+third of the server's work of ``JSON.GET key $.run_id``, which plain writes are read back with).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 from ..config import StoreConfig
 from ..runtime import get_logger
 from .errors import DurabilityError, RedisUnavailableError, StoreError
-from .fence import load_fenced_write
+from .fence import Fence, fence_for, load_fenced_write
 from .resilience import is_cluster, transient_errors, wait_before_retry
 from .topology import receive
 from .writer import PipelinedWriter, ProgressCallback, stream_documents
@@ -118,26 +122,37 @@ def wait_for_replicas(writer: PipelinedWriter, settings: StoreConfig) -> dict[st
     return acks
 
 
-def _get_commands(key_names: Any) -> bytes:
-    """``JSON.GET key $.run_id`` for every key, as one RESP payload."""
+def _get_commands(key_names: Any, fence: Fence | None) -> bytes:
+    """``PEXPIRETIME key`` (fenced writes) or ``JSON.GET key $.run_id`` for every key, as one RESP payload."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    lengths = pc.cast(pc.binary_length(key_names), pa.string())
-    commands = pc.binary_join_element_wise("*3\r\n$8\r\nJSON.GET\r\n$", lengths, "\r\n", key_names,
-                                           "\r\n$8\r\n$.run_id\r\n", "")
     from .keys import payload
 
-    return payload(commands)
+    lengths = pc.cast(pc.binary_length(key_names), pa.string())
+    if fence is not None:
+        return payload(pc.binary_join_element_wise("*2\r\n$11\r\nPEXPIRETIME\r\n$", lengths, "\r\n", key_names,
+                                                   "\r\n", ""))
+    return payload(pc.binary_join_element_wise("*3\r\n$8\r\nJSON.GET\r\n$", lengths, "\r\n", key_names,
+                                               "\r\n$8\r\n$.run_id\r\n", ""))
+
+
+def _expected(run_id: str, fence: Fence | None) -> tuple[bytes, bytes]:
+    """The read-back's reply for a key holding this load's write: ``(value, its RESP bytes)``."""
+    if fence is not None:
+        value = str(fence.expire_at_ms).encode()
+        return value, b":%s\r\n" % value
+    value = json.dumps([run_id], separators=(",", ":")).encode()
+    return value, b"$%d\r\n%s\r\n" % (len(value), value)
 
 
 class _ReadRound:
     """One round of the read-back: reads a request's replies, sorting its rows into missing / to retry."""
 
-    def __init__(self, route: Any, rex: Any, stored: bytes, missing: dict[int, list[int]],
+    def __init__(self, route: Any, rex: Any, expected: tuple[bytes, bytes], missing: dict[int, list[int]],
                  again: list[tuple[int, Any]]) -> None:
-        self.route, self.rex, self.stored, self.missing, self.again = route, rex, stored, missing, again
-        self.row_reply = b"$%d\r\n%s\r\n" % (len(stored), stored)
+        self.route, self.rex, self.missing, self.again = route, rex, missing, again
+        self.stored, self.row_reply = expected
         self.down: set[str] = set()
         self.buffers: dict[str, bytearray] = collections.defaultdict(bytearray)
 
@@ -172,13 +187,14 @@ class _ReadRound:
 
 
 def read_back(writer: PipelinedWriter, settings: StoreConfig, chunks: list[tuple[Any, Any]],
-              run_id: str) -> dict[int, list[int]]:
-    """Rows of each chunk whose key does not hold a document of ``run_id`` (missing, or another run's)."""
+              run_id: str, fence: Fence | None = None) -> dict[int, list[int]]:
+    """Rows of each chunk whose key does not hold this load's write (missing, or another run's): by the
+    ``fence``'s expiry instant, or without a fence by the document's ``run_id``."""
     import numpy as np
     import pyarrow as pa
 
     route, rex = writer.route, writer._rex
-    stored = json.dumps([run_id], separators=(",", ":")).encode()
+    expected = _expected(run_id, fence)
     missing: dict[int, list[int]] = collections.defaultdict(list)
     pending: list[tuple[int, Any]] = [(i, np.arange(len(names))) for i, (names, _) in enumerate(chunks)]
     failures = 0
@@ -186,7 +202,7 @@ def read_back(writer: PipelinedWriter, settings: StoreConfig, chunks: list[tuple
         again: list[tuple[int, Any]] = []
         error: BaseException | None = None
         in_flight: collections.deque[tuple[int, str, Any]] = collections.deque()
-        round_ = _ReadRound(route, rex, stored, missing, again)
+        round_ = _ReadRound(route, rex, expected, missing, again)
         down = round_.down
         for index, rows in pending:
             names, slots = chunks[index]
@@ -198,7 +214,7 @@ def read_back(writer: PipelinedWriter, settings: StoreConfig, chunks: list[tuple
                     continue
                 try:
                     route.connection(name).send_packed_command(
-                        [_get_commands(names.take(pa.array(subset)))], check_health=False)
+                        [_get_commands(names.take(pa.array(subset)), fence)], check_health=False)
                 except transient_errors() as exc:
                     down.add(name)
                     route.drop(name)
@@ -229,26 +245,36 @@ def read_back(writer: PipelinedWriter, settings: StoreConfig, chunks: list[tuple
 def write_confirmed(client: Any, path: Any, settings: StoreConfig, run_fields: dict[str, str], *, total: int,
                     on_progress: ProgressCallback | None = None,
                     check_lock: Callable[[], None] | None = None,
-                    after_write: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Write every document of ``path``, wait for the replicas, read every key back, and replay what is missing.
+                    after_write: Callable[[], None] | None = None,
+                    generation_us: int | None = None) -> dict[str, Any]:
+    """Claim the fences, write every document of ``path``, wait for the replicas, read the keys back where
+    ``WAIT`` does not cover them (:func:`_verification`), and replay what is missing.
 
-    Returns the counts of :func:`recsys_tasks.store.writer.write_documents` plus ``replicas`` (per master:
-    required and acknowledged) and ``read_back_replayed`` (documents written again after the read-back).
+    ``generation_us`` is when the load took its lock (the fence's generation; default: the server's
+    time now). Returns the counts of :func:`recsys_tasks.store.writer.write_documents` plus ``replicas``
+    (per master: required and acknowledged), ``verified`` (``"read back"``, ``"WAIT"`` or ``"off"``) and
+    ``read_back_replayed`` (documents written again after the read-back).
     """
+    fence = None
     if settings.fenced_writes:
         load_fenced_write(client)
+        fence = fence_for(client, settings, run_fields["logical_date"], generation_us)
     writer = PipelinedWriter(client, settings, total=total, on_progress=on_progress)
     replayed_after_read_back = 0
     try:
-        chunks, payload_bytes = stream_documents(writer, path, settings, run_fields, check_lock=check_lock)
+        if fence is not None:
+            writer.claim(fence)
+        chunks, payload_bytes = stream_documents(writer, path, settings, run_fields, fence=fence,
+                                                 check_lock=check_lock)
         written = writer.finish()
         if after_write is not None:  # e.g. the eviction check: before a read-back would replay evicted documents
             after_write()
         replicas = wait_for_replicas(writer, settings)
+        verified = _verification(writer, settings, replicas)
         for attempt in range(settings.retry_attempts + 1):
-            if not settings.verify_writes:
+            if verified != "read back":
                 break
-            missing = read_back(writer, settings, chunks, run_fields["run_id"])
+            missing = read_back(writer, settings, chunks, run_fields["run_id"], fence)
             count = sum(len(rows) for rows in missing.values())
             if not count:
                 break
@@ -259,11 +285,53 @@ def write_confirmed(client: Any, path: Any, settings: StoreConfig, run_fields: d
             log.warning("read-back: %d acknowledged document(s) of this run are missing (lost in a failover?); "
                         "writing them again", count)
             replayed_after_read_back += count
-            stream_documents(writer, path, settings, run_fields, only=missing, check_lock=check_lock)
+            stream_documents(writer, path, settings, run_fields, fence=fence, only=missing, check_lock=check_lock)
             writer.finish()
             replicas = wait_for_replicas(writer, settings)
     finally:
         writer.close()
     return {"written": written, "payload_bytes": payload_bytes, "replayed": dict(writer.replayed),
-            "read_back_replayed": replayed_after_read_back, "replicas": replicas,
-            "verified": settings.verify_writes}
+            "read_back_replayed": replayed_after_read_back, "replicas": replicas, "verified": verified}
+
+
+def _verification(writer: PipelinedWriter, settings: StoreConfig, replicas: dict[str, dict[str, int]]) -> str:
+    """How the acknowledged writes are confirmed: ``"read back"`` (every key), ``"WAIT"`` or ``"off"``.
+
+    The read-back is left out only when ``WAIT`` already covers every acknowledged write: each master
+    has at least one replica and confirmed, on the connection that made them, every write of the load,
+    and no connection was lost and no row redirected or replayed (a failover, a restart or a slot moving
+    all do one of these). A lone node (nothing confirms its writes) and every disturbed load read back
+    every key. Measured: the read-back was about a third of the fence's cost on a replicated cluster
+    (docs/store-durability.md).
+    """
+    if not settings.verify_writes:
+        return "off"
+    confirmed = bool(replicas) and all(v["required"] >= 1 and v["acknowledged"] >= v["required"]
+                                       for v in replicas.values())
+    return "WAIT" if confirmed and not writer.disturbed else "read back"
+
+
+def write_manifest(client: Any, lock: Any, settings: StoreConfig, document: str) -> dict[str, int]:
+    """The manifest, written only while ``lock`` is held, then ``WAIT`` like the documents
+    (``store.min_replicas_acked``) on the same connection: a manifest lost in a failover would bring back
+    the previous one, which names a run whose documents were just replaced. Short of replicas it is
+    written again (the same document) and waited for, ``store.retry_attempts`` tries; then
+    :class:`DurabilityError`."""
+    key = settings.manifest_key
+    name = client.get_node_from_key(key).name if is_cluster(client) else "redis"
+    timeout_ms = int(1000 * min(settings.replica_ack_timeout_s, 0.8 * settings.socket_timeout_s))
+    wanted = settings.min_replicas_acked
+    if wanted < 0:
+        wanted = min(1, _node_replicas(client, name))
+    for attempt in range(1, settings.retry_attempts + 1):
+        acknowledged = lock.set_if_owner(key, document, replicas=wanted, timeout_ms=timeout_ms)
+        if acknowledged >= wanted:
+            return {"required": wanted, "acknowledged": acknowledged}
+        message = (f"{name}: only {acknowledged} of the {wanted} required replica(s) acknowledged {key} within "
+                   f"{timeout_ms} ms (store.min_replicas_acked)")
+        if attempt == settings.retry_attempts:
+            raise DurabilityError(f"{message}, {attempt} tries: {key} names this run on the master, but a failover "
+                                  "could bring back the previous manifest; rerun the load")
+        wait_before_retry(settings, attempt, DurabilityError(message), "waiting for the replicas of the manifest")
+    raise AssertionError("unreachable")
+

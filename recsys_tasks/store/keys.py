@@ -133,15 +133,11 @@ def _score_spellings(values: Any) -> Any:
     return pa.array([json.dumps(round(float(v), 6)) for v in scores.tolist()], type=pa.string())
 
 
-def encode_commands(batch: Any, settings: StoreConfig, tail: str,
-                    fence: tuple[str, str, str] | None = None) -> tuple[Any, Any, int]:
-    """RESP for one batch, one string per user: ``JSON.SET key $ doc`` then ``EXPIRE key ttl``; with a
-    ``fence`` (:func:`recsys_tasks.store.fence.fence_arguments`) one ``EVALSHA`` of the fenced write instead.
+def _documents(batch: Any, settings: StoreConfig, tail: str) -> tuple[Any, Any]:
+    """Each row's document (JSON) and key name, built column-wise by Arrow's string kernels: no Python per user.
 
-    ``batch`` is a pyarrow RecordBatch of the recommendations file. Each document is byte-for-byte
-    ``json.dumps(build_document(...), separators=(",", ":"))`` (``tail`` holds the run fields,
-    already encoded), built column-wise by Arrow's string kernels: no Python per user.
-    Returns ``(commands, keys, document_bytes)``, both arrays aligned with the batch's rows.
+    Each document is byte-for-byte ``json.dumps(build_document(...), separators=(",", ":"))`` (``tail``
+    holds the run fields, already encoded).
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -151,34 +147,55 @@ def encode_commands(batch: Any, settings: StoreConfig, tail: str,
         offsets = pc.subtract(column.offsets, column.offsets[0])
         return pa.ListArray.from_arrays(offsets, values)
 
-    def joined(*parts: Any) -> Any:
-        return pc.binary_join_element_wise(*parts, "")
-
-    def length(strings: Any) -> Any:
-        return pc.cast(pc.binary_length(strings), pa.string())
-
     recs_column, scores_column = batch.column("recommendations"), batch.column("scores")
     recs = pc.binary_join(rebuilt(recs_column, pc.cast(recs_column.flatten(), pa.string())), ",")
     scores = pc.binary_join(rebuilt(scores_column, _score_spellings(scores_column.flatten())), ",")
     user_ids = pc.cast(batch.column("user_id"), pa.string())
-    docs = joined('{"user_id":', user_ids, ',"recommendations":[', recs, '],"scores":[', scores, "],", tail)
-    keys = joined(settings.key_prefix, user_ids)
-    key_lengths = length(keys)
-    ttl = str(int(settings.ttl_s))
-    if fence is None:
-        commands = joined(
-            "*4\r\n$8\r\nJSON.SET\r\n$", key_lengths, "\r\n", keys, "\r\n$1\r\n$\r\n$", length(docs), "\r\n", docs,
-            "\r\n*3\r\n$6\r\nEXPIRE\r\n$", key_lengths, "\r\n", keys, "\r\n", f"${len(ttl)}\r\n{ttl}\r\n",
-        )
-    else:
-        sha, epoch, force = fence
-        commands = joined(
-            f"*8\r\n$7\r\nEVALSHA\r\n$40\r\n{sha}\r\n$1\r\n1\r\n$", key_lengths, "\r\n", keys, "\r\n$",
-            length(docs), "\r\n", docs, f"\r\n${len(ttl)}\r\n{ttl}\r\n${len(epoch)}\r\n{epoch}\r\n$1\r\n{force}\r\n",
-        )
+    docs = pc.binary_join_element_wise('{"user_id":', user_ids, ',"recommendations":[', recs, '],"scores":[', scores,
+                                       "],", tail, "")
+    keys = pc.binary_join_element_wise(settings.key_prefix, user_ids, "")
+    return docs, keys
+
+
+def _length(strings: Any) -> Any:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pc.cast(pc.binary_length(strings), pa.string())
+
+
+def _checked(commands: Any) -> Any:
     if commands.null_count:
         raise InputDataError("a recommendations batch holds a null user id, list or score")
-    return commands, keys, pc.sum(pc.binary_length(docs)).as_py() or 0
+    return commands
+
+
+def encode_commands(batch: Any, settings: StoreConfig, tail: str) -> tuple[Any, Any, int]:
+    """RESP for one batch, one string per user: ``JSON.SET key $ doc`` then ``EXPIRE key ttl``.
+
+    ``batch`` is a pyarrow RecordBatch of the recommendations file (see :func:`_documents`).
+    Returns ``(commands, keys, document_bytes)``, both arrays aligned with the batch's rows.
+    """
+    import pyarrow.compute as pc
+
+    docs, keys = _documents(batch, settings, tail)
+    key_lengths = _length(keys)
+    ttl = str(int(settings.ttl_s))
+    commands = pc.binary_join_element_wise(
+        "*4\r\n$8\r\nJSON.SET\r\n$", key_lengths, "\r\n", keys, "\r\n$1\r\n$\r\n$", _length(docs), "\r\n", docs,
+        "\r\n*3\r\n$6\r\nEXPIRE\r\n$", key_lengths, "\r\n", keys, "\r\n", f"${len(ttl)}\r\n{ttl}\r\n", "")
+    return _checked(commands), keys, pc.sum(pc.binary_length(docs)).as_py() or 0
+
+
+def encode_fenced(batch: Any, settings: StoreConfig, tail: str) -> tuple[Any, Any, Any, int]:
+    """The arguments of the fenced write (:mod:`.fence`) for one batch: each row's key and document as RESP
+    bulk strings. Returns ``(key bulks, document bulks, keys, document_bytes)``, aligned with the batch's rows."""
+    import pyarrow.compute as pc
+
+    docs, keys = _documents(batch, settings, tail)
+    key_bulks = _checked(pc.binary_join_element_wise("$", _length(keys), "\r\n", keys, "\r\n", ""))
+    doc_bulks = _checked(pc.binary_join_element_wise("$", _length(docs), "\r\n", docs, "\r\n", ""))
+    return key_bulks, doc_bulks, keys, pc.sum(pc.binary_length(docs)).as_py() or 0
 
 
 def payload(commands: Any) -> bytes:
@@ -197,8 +214,6 @@ def encode_batch(batch: Any, settings: StoreConfig, tail: str) -> tuple[bytes, i
 
 
 def asking_payload(row: bytes) -> bytes:
-    """One row's commands, each preceded by ``ASKING`` (for a slot being imported by the target node)."""
-    if row.startswith(b"*8\r\n$7\r\nEVALSHA"):
-        return ASKING + row
+    """One row's ``JSON.SET`` + ``EXPIRE``, each preceded by ``ASKING`` (a slot being imported by the target node)."""
     split = row.index(EXPIRE_PREFIX)
     return ASKING + row[:split] + ASKING + row[split:]

@@ -12,6 +12,7 @@ from typing import Any
 from ..config import StoreConfig
 from ..runtime import get_logger
 from .errors import LoadLockedError, LockLostError
+from .fence import server_time_us
 from .resilience import is_cluster
 
 log = get_logger("load_redis")
@@ -56,6 +57,7 @@ class LoadLock:
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
         self._renewed_at = self._checked_at = time.monotonic()
+        self.generation_us = 0
 
     @property
     def ttl_ms(self) -> int:
@@ -78,6 +80,9 @@ class LoadLock:
                 waiting_logged = True
             time.sleep(0.2)
         self._renewed_at = self._checked_at = time.monotonic()
+        # The fence's generation (.fence): a load that takes the lock later has a larger one, so it wins
+        # every fence against this one, whatever the dates, once this load has stalled past its lock.
+        self.generation_us = server_time_us(self.client, key)
         log.info("acquired %s (expires after %ds without renewal)", key, self.settings.lock_ttl_s)
 
     def renew(self) -> bool:
@@ -110,7 +115,9 @@ class LoadLock:
         Reads the lock when it was last confirmed a renewal interval (``lock_ttl_s / 3``) ago or more:
         the lock can only have been lost after at least that long, e.g. by a process stalled past
         its lock (SIGSTOP) that has just resumed. A read that fails is left to the writer's own
-        retries. A stall between this check and the chunk's writes is left to the fenced write (:mod:`.fence`).
+        retries. A stall between this check and the chunk's writes is left to the fenced write (:mod:`.fence`):
+        the load that took the lock meanwhile has a newer generation, so its fences refuse this one's
+        writes whatever the logical dates (a rerun of the same date included).
         """
         import redis
 
@@ -135,15 +142,24 @@ class LoadLock:
         if self.lost:
             raise LockLostError(f"{self.lost}; not writing the manifest (rerun the load)")
 
-    def set_if_owner(self, key: str, document: str) -> None:
-        """``JSON.SET key $ document`` only while this load still holds the lock."""
-        if is_cluster(self.client) and not same_slot(self.settings.lock_key, key):
+    def set_if_owner(self, key: str, document: str, replicas: int = 0, timeout_ms: int = 0) -> int:
+        """``JSON.SET key $ document`` only while this load still holds the lock; with ``replicas`` > 0, then
+        ``WAIT replicas timeout_ms`` on the same connection. Returns the replicas that acknowledged it."""
+        cluster = is_cluster(self.client)
+        node = self.client.get_redis_connection(self.client.get_node_from_key(key)) if cluster else self.client
+        pipe = node.pipeline(transaction=False)  # one connection: WAIT covers the writes made on it
+        if cluster and not same_slot(self.settings.lock_key, key):
             if not self.renew():
                 raise LockLostError(f"{self.settings.lock_key} is no longer held by this load; {key} not written")
-            self.client.execute_command("JSON.SET", key, "$", document)
-            return
-        if not self.client.eval(_SET_IF_OWNER, 2, self.settings.lock_key, key, self.token, document):
+            pipe.execute_command("JSON.SET", key, "$", document)
+        else:
+            pipe.eval(_SET_IF_OWNER, 2, self.settings.lock_key, key, self.token, document)
+        if replicas > 0:
+            pipe.execute_command("WAIT", replicas, timeout_ms)
+        replies = pipe.execute()
+        if not replies[0]:
             raise LockLostError(f"{self.settings.lock_key} is no longer held by this load; {key} not written")
+        return int(replies[1]) if replicas > 0 else 0
 
     def release(self) -> None:
         self.client.eval(_RELEASE_LOCK, 1, self.settings.lock_key, self.token)

@@ -24,7 +24,7 @@ from ..runtime import get_logger, read_summary, stage_run
 from . import keys
 from .capacity import check_capacity, check_evictions, memory_of_masters, require_json_module, sample_memory
 from .connect import require_single_node
-from .durability import write_confirmed
+from .durability import write_confirmed, write_manifest
 from .errors import (
     DurabilityError,
     EvictionError,
@@ -245,7 +245,8 @@ def publish(
 
                 started = time.perf_counter()
                 counts = write_confirmed(client, path, settings, run_fields, total=users, on_progress=progress,
-                                         check_lock=lock.check, after_write=no_evictions)
+                                         check_lock=lock.check, after_write=no_evictions,
+                                         generation_us=lock.generation_us)
                 lock.ensure_held()
                 if counts["written"] != users:
                     raise RuntimeError(f"{path}: wrote {counts['written']} documents, expected {users}")
@@ -264,7 +265,8 @@ def publish(
                     run_fields, users=users, settings=settings, forced_by=forced_by,
                     completed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
                 lock.ensure_held()
-                lock.set_if_owner(settings.manifest_key, json.dumps(manifest))
+                manifest_replicas = with_tries(settings, "writing the manifest",
+                                               lambda: write_manifest(client, lock, settings, json.dumps(manifest)))
         except (StoreOutOfMemoryError, redis.exceptions.OutOfMemoryError) as exc:
             raise StoreOutOfMemoryError(
                 f"Redis ran out of memory after {acknowledged[0]} of {users} documents of run {run_id!r} ({exc}). "
@@ -294,7 +296,9 @@ def publish(
         "avg_document_bytes": round(counts["payload_bytes"] / max(users, 1), 1),
         "replayed": counts["replayed"],
         "read_back_replayed": counts["read_back_replayed"],
+        "verified": counts["verified"],
         "replicas": counts["replicas"],
+        "manifest_replicas": manifest_replicas,
         **leftovers,
         **memory,
         "capacity": capacity,

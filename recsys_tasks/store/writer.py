@@ -1,12 +1,12 @@
-"""The hot loop: pipelined, pre-encoded ``JSON.SET`` + ``EXPIRE`` writes to one Redis or a Redis Cluster.
+"""The hot loop: pipelined, pre-encoded document writes (fenced, or plain) to one Redis or a Redis Cluster.
 
-Each chunk of users is encoded to RESP column-wise (:func:`keys.encode_commands`); on a cluster its
+Each chunk of users is encoded to RESP column-wise (:mod:`.keys`, :mod:`.parts`); on a cluster its
 rows are grouped by the master owning each key's slot and each group goes to that master's raw
-connection. Replies of a chunk are read only after the next chunk is sent, so the servers work while
-we encode. A row counts as written when both its replies are read (progress counts acknowledged
-replies, not commands sent). Rows that come back with MOVED/ASK, a cluster error (CLUSTERDOWN,
-TRYAGAIN, READONLY, LOADING) or whose replies were lost with a connection are replayed (both
-commands are idempotent) after refreshing the slot map; connection faults get
+connection (fenced-write calls of up to 512 rows). Replies of a chunk are read only after the next
+chunk is sent, so the servers work while we encode. A row counts as written when its replies are
+read (progress counts acknowledged rows, not commands sent). Rows that come back with MOVED/ASK, a
+cluster error (CLUSTERDOWN, TRYAGAIN, READONLY, LOADING) or whose replies were lost with a connection
+are replayed (every write is idempotent) after refreshing the slot map; connection faults get
 ``store.retry_attempts`` tries with backoff, then :class:`RedisUnavailableError`.
 """
 
@@ -14,21 +14,21 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import StoreConfig
 from ..runtime import Progress, get_logger
 from . import keys
+from .claim import claim_fences, superseded
 from .errors import (
     RedisJSONMissingError,
     RedisUnavailableError,
     StoreError,
     StoreOutOfMemoryError,
-    SupersededError,
     json_module_hint,
 )
-from .fence import load_fenced_write
+from .fence import REFUSED, Fence, load_fenced_write
+from .parts import Outcome, Part, parse_error
 from .resilience import transient_errors, wait_before_retry
 from .topology import key_slots, receive, route_for
 
@@ -36,68 +36,6 @@ log = get_logger("load_redis")
 
 ProgressCallback = Callable[[int, int], None]
 MAX_REDIRECT_ROUNDS = 64
-ROW_REPLIES = b"+OK\r\n:1\r\n"  # JSON.SET, EXPIRE
-ROW_REPLIES_ASKING = b"+OK\r\n+OK\r\n+OK\r\n:1\r\n"  # ASKING, JSON.SET, ASKING, EXPIRE
-FENCED_REPLIES = {False: b":1\r\n", True: b"+OK\r\n:1\r\n"}  # EVALSHA of the fenced write (after ASKING)
-
-
-def _parse_error(message: str) -> Exception:
-    """An error line as redis-py raises it (MOVED -> MovedError, OOM -> OutOfMemoryError, ...)."""
-    from redis._parsers.base import BaseParser
-
-    return BaseParser.parse_error(message)
-
-
-@dataclass
-class Part:
-    """Rows bound for one node: one RESP string per user (both commands) and the users' slots."""
-
-    commands: Any
-    slots: Any
-    asking: bool = False
-    fenced: bool = False
-
-    def __len__(self) -> int:
-        return len(self.commands)
-
-    def take(self, indices: Any) -> Part:
-        import pyarrow as pa
-
-        if indices is None:
-            return self
-        return Part(self.commands.take(pa.array(indices)), self.slots[indices], self.asking, self.fenced)
-
-    @property
-    def replies_per_row(self) -> int:
-        return (2 if self.asking else 1) if self.fenced else (4 if self.asking else 2)
-
-    @property
-    def row_replies(self) -> bytes:
-        if self.fenced:
-            return FENCED_REPLIES[self.asking]
-        return ROW_REPLIES_ASKING if self.asking else ROW_REPLIES
-
-    def payload(self) -> bytes:
-        if not self.asking:
-            return keys.payload(self.commands)
-        return b"".join(keys.asking_payload(row.encode()) for row in self.commands.to_pylist())
-
-
-@dataclass
-class Outcome:
-    """Rows of a round that were not acknowledged, by what to do with them."""
-
-    transient: list[Part] = field(default_factory=list)
-    moved: list[Part] = field(default_factory=list)
-    ask: dict[str, list[Part]] = field(default_factory=dict)
-    error: BaseException | None = None
-    noscript: bool = False  # a node lacked the fenced-write script (a promoted replica, a restart)
-
-    def __bool__(self) -> bool:
-        return bool(self.transient or self.moved or self.ask)
-
-    def rows(self) -> int:
-        return sum(len(p) for p in (*self.transient, *self.moved, *(p for ps in self.ask.values() for p in ps)))
 
 
 class PipelinedWriter:
@@ -118,6 +56,9 @@ class PipelinedWriter:
         self._rex = rex
         self._down: set[str] = set()  # nodes whose connection failed in the current round
         self._buffers: dict[str, bytearray] = {}  # bytes received from a node and not yet parsed
+        # Set once a connection was lost or rows were redirected or replayed: acknowledged writes may then
+        # sit outside what WAIT on the current connections covers (.durability reads every key back).
+        self.disturbed = False
 
     # --- sending and reading -----------------------------------------------------------------------------
     def _send(self, name: str, part: Part, outcome: Outcome) -> None:
@@ -135,6 +76,7 @@ class PipelinedWriter:
 
     def _lose_node(self, name: str, outcome: Outcome, error: BaseException, extra: list[Part]) -> None:
         """A node's connection failed: everything sent to it and not yet acknowledged is replayed."""
+        self.disturbed = True
         self._down.add(name)
         outcome.transient.extend([*self.queues.pop(name, ()), *extra])
         outcome.error = error
@@ -144,17 +86,17 @@ class PipelinedWriter:
     def _read(self, name: str, outcome: Outcome) -> None:
         """Read the replies of the oldest part sent to ``name``.
 
-        Every reply to ``JSON.SET``, ``EXPIRE`` and ``ASKING`` is one line (``+OK``, ``:1``, or an
-        ``-`` error), so the replies are read straight from the socket: when a part's bytes equal
-        ``+OK :1`` per row (the normal case) one comparison acknowledges the whole part; otherwise
-        each line is looked at, and an error line is classified as redis-py would raise it.
+        Every reply to ``JSON.SET``, ``EXPIRE``, ``ASKING`` and the fenced write is one line (``+OK``,
+        ``:<n>``, or an ``-`` error), so the replies are read straight from the socket: when a part's
+        bytes are the expected ones (the normal case) one comparison acknowledges the whole part;
+        otherwise each line is looked at, and an error line is classified as redis-py would raise it.
         """
         part = self.queues[name].popleft()
         connection = self.route.connection(name)
         per_row = part.replies_per_row
-        total = len(part) * per_row
+        total = part.reply_lines()
         buffer = self._buffers.setdefault(name, bytearray())
-        expected = part.row_replies * len(part)
+        expected = part.expected_replies()
         lines: list[bytes] = []
         lost: BaseException | None = None
         try:
@@ -178,18 +120,26 @@ class PipelinedWriter:
             lost = exc
         verdicts: dict[int, Any] = {}
         for index, line in enumerate(lines):
-            if part.fenced and line == b":0":
+            if part.fence is not None and line == REFUSED:
                 connection.disconnect()
                 self._buffers.pop(name, None)
                 self.queues.pop(name, None)
-                raise SupersededError(
-                    f"{name} holds a newer run's document for a user of this load (a newer logical date was published "
-                    "while this load ran, e.g. after it stalled past its lock); the fenced write left it in place and "
-                    "this load stops without writing the manifest")
+                raise superseded(name)
             if line[:1] == b"-":
-                verdict = self._classify(name, _parse_error(line[1:].decode(errors="replace")), connection)
+                verdict = self._classify(name, parse_error(line[1:].decode(errors="replace")), connection,
+                                         batch=part.fence is not None and part.batch)
                 if verdict is not None:
-                    verdicts.setdefault(index // per_row, verdict)
+                    verdicts.setdefault(index // per_row if per_row else len(verdicts), verdict)
+        if part.fence is not None and part.batch:
+            # One reply per call of rows: all rows count once every call succeeded, else all are replayed (a
+            # failed call may have written some: whole documents of this load; the writes are idempotent).
+            if lost is not None:
+                self._lose_node(name, outcome, lost, [part])
+            elif verdicts:
+                self._collect_batch(part, next(iter(verdicts.values())), outcome)
+            else:
+                self._count(len(part))
+            return
         if lost is not None:
             # The connection is gone: complete rows are answered, the rest are not.
             row = len(lines) // per_row
@@ -200,7 +150,7 @@ class PipelinedWriter:
         self._count(len(part) - len(verdicts))
         self._collect(part, verdicts, outcome)
 
-    def _classify(self, name: str, exc: Exception, connection: Any) -> tuple[Any, ...] | None:
+    def _classify(self, name: str, exc: Exception, connection: Any, batch: bool = False) -> tuple[Any, ...] | None:
         rex = self._rex
         if isinstance(exc, rex.AskError):  # MovedError is an AskError too
             if not self.route.cluster:
@@ -210,6 +160,8 @@ class PipelinedWriter:
             if isinstance(exc, rex.MovedError):
                 return ("moved",)
             return ("ask", self.route.node_of_address(exc.host, exc.port))
+        if batch and (isinstance(exc, rex.TryAgainError) or "non local key" in str(exc)):
+            return ("rows",)  # a key of a slot being migrated: each row alone follows its own redirect
         if isinstance(exc, self._cluster_retry):
             return ("transient", exc)
         if isinstance(exc, rex.NoScriptError):
@@ -222,6 +174,17 @@ class PipelinedWriter:
         raise StoreError(f"{name} refused a document write: {exc}") from exc
 
     @staticmethod
+    def _collect_batch(part: Part, verdict: tuple[Any, ...], outcome: Outcome) -> None:
+        if verdict[0] in ("ask", "rows"):
+            outcome.moved.append(part.one_call_per_row())
+        elif verdict[0] == "transient":
+            outcome.transient.append(part)
+            outcome.error = verdict[1]
+        else:
+            outcome.moved.append(part)
+            outcome.noscript = outcome.noscript or verdict[0] == "noscript"
+
+    @staticmethod
     def _collect(part: Part, verdicts: dict[int, Any], outcome: Outcome) -> None:
         redo: dict[Any, list[int]] = collections.defaultdict(list)
         for row, verdict in sorted(verdicts.items()):
@@ -231,13 +194,14 @@ class PipelinedWriter:
         for kind, rows in redo.items():
             if kind == "transient":
                 outcome.transient.append(part.take(rows))
-            elif kind in ("moved", "noscript"):
+            elif kind in ("moved", "noscript", "rows"):
                 outcome.moved.append(part.take(rows))
                 outcome.noscript = outcome.noscript or kind == "noscript"
             else:
                 target = part.take(rows)
                 outcome.ask.setdefault(kind[1], []).append(
-                    Part(target.commands, target.slots, asking=True, fenced=target.fenced))
+                    target.one_call_per_row(asking=True) if target.fence is not None else
+                    Part(target.commands, target.slots, asking=True))
 
     def _count(self, rows: int) -> None:
         if not rows:
@@ -253,6 +217,10 @@ class PipelinedWriter:
                 self._read(name, outcome)
 
     # --- the public steps ----------------------------------------------------------------------------------
+    def claim(self, fence: Fence) -> None:
+        """Claim every slot's fence for this load before its first document (:func:`.claim.claim_fences`)."""
+        claim_fences(self.route, self.client, self.settings, fence)
+
     def submit(self, part: Part) -> None:
         """Send one chunk (grouped by node), then read the replies of the chunk before it."""
         outcome = Outcome()
@@ -282,6 +250,7 @@ class PipelinedWriter:
     def _replay(self, outcome: Outcome) -> None:
         """Resend unacknowledged rows until all are acknowledged or a failure has used every try."""
         failures = 1 if outcome.transient else 0  # the try that just failed
+        self.disturbed = True
         for _ in range(MAX_REDIRECT_ROUNDS):
             if not outcome:
                 return
@@ -326,18 +295,19 @@ class PipelinedWriter:
 
 
 def stream_documents(writer: PipelinedWriter, path: Any, settings: StoreConfig, run_fields: dict[str, str], *,
-                     only: dict[int, Any] | None = None, check_lock: Callable[[], None] | None = None,
-                     ) -> tuple[list[tuple[Any, Any]], int]:
+                     fence: Fence | None = None, only: dict[int, Any] | None = None,
+                     check_lock: Callable[[], None] | None = None) -> tuple[list[tuple[Any, Any]], int]:
     """Encode and submit every chunk of ``path`` (or, with ``only``, the given rows of the given chunks: a replay).
 
-    With ``settings.fenced_writes`` each row is the fenced write (:mod:`.fence`); ``check_lock()`` runs
-    before each chunk. Returns each chunk's ``(key names, slots)`` (for the read-back) and the JSON bytes sent.
+    With a ``fence`` the rows are fenced writes (:mod:`.fence`), else plain ``JSON.SET`` + ``EXPIRE``;
+    ``check_lock()`` runs before each chunk. Returns each chunk's ``(key names, slots)`` (for the
+    read-back) and the JSON bytes sent.
     """
-    from .fence import fence_arguments
+    import numpy as np
+
     from .source import iter_recommendation_batches
 
     tail = keys.document_tail(run_fields)
-    fence = fence_arguments(run_fields["logical_date"], settings.force) if settings.fenced_writes else None
     chunks, payload_bytes = [], 0
     for index, batch in enumerate(iter_recommendation_batches(path, settings.pipeline_chunk_keys)):
         if only is not None:
@@ -346,37 +316,42 @@ def stream_documents(writer: PipelinedWriter, path: Any, settings: StoreConfig, 
             batch = batch.take(only[index])
         if check_lock is not None:
             check_lock()
-        commands, key_names, document_bytes = keys.encode_commands(batch, settings, tail, fence)
-        slots = key_slots(key_names) if writer.route.cluster else _zeros(len(commands))
-        writer.submit(Part(commands, slots, fenced=fence is not None))
+        if fence is None:
+            commands, key_names, document_bytes = keys.encode_commands(batch, settings, tail)
+            documents = None
+        else:
+            commands, documents, key_names, document_bytes = keys.encode_fenced(batch, settings, tail)
+        # No slots on a single Redis: -1 (its one fence key).
+        slots = key_slots(key_names) if writer.route.cluster else np.full(len(commands), -1, dtype=np.int64)
+        writer.submit(Part(commands, slots, fence=fence, documents=documents))
         chunks.append((key_names, slots))
         payload_bytes += document_bytes
     return chunks, payload_bytes
 
 
 def write_documents(client: Any, path: Any, settings: StoreConfig, run_fields: dict[str, str], *,
-                    on_progress: ProgressCallback | None = None) -> dict[str, int]:
+                    on_progress: ProgressCallback | None = None, generation_us: int | None = None) -> dict[str, int]:
     """Write every user's document of ``path`` (pipelined, with TTL) to ``client`` (a ``Redis`` or ``RedisCluster``).
 
-    ``run_fields`` (run id, logical date, generation time) go into every document. Returns
-    ``{"written": acknowledged rows, "payload_bytes": JSON bytes, "replayed": rows replayed by cause}``.
-    ``on_progress(acknowledged, total)`` is called as replies come in. No read-back and no ``WAIT``:
-    :func:`recsys_tasks.store.durability.write_confirmed` adds them.
+    ``run_fields`` (run id, logical date, generation time) go into every document. With
+    ``settings.fenced_writes`` the writes are fenced with ``generation_us`` (when the load took its lock;
+    default: the server's time now). Returns ``{"written": acknowledged rows, "payload_bytes": JSON
+    bytes, "replayed": rows replayed by cause}``. ``on_progress(acknowledged, total)`` is called as
+    replies come in. No read-back and no ``WAIT``: :func:`recsys_tasks.store.durability.write_confirmed` adds them.
     """
+    from .fence import fence_for
     from .source import count_rows
 
+    fence = None
     if settings.fenced_writes:
         load_fenced_write(client)
+        fence = fence_for(client, settings, run_fields["logical_date"], generation_us)
     writer = PipelinedWriter(client, settings, total=count_rows(path), on_progress=on_progress)
     try:
-        _, payload_bytes = stream_documents(writer, path, settings, run_fields)
+        if fence is not None:
+            writer.claim(fence)
+        _, payload_bytes = stream_documents(writer, path, settings, run_fields, fence=fence)
         written = writer.finish()
     finally:
         writer.close()
     return {"written": written, "payload_bytes": payload_bytes, "replayed": dict(writer.replayed)}
-
-
-def _zeros(count: int) -> Any:
-    import numpy as np
-
-    return np.zeros(count, dtype=np.int64)
