@@ -118,17 +118,24 @@ def order_metrics(hits: np.ndarray, order: np.ndarray, num_relevant: np.ndarray,
 
 def score_orders(candidates: list[Blend], retrieval: np.ndarray, dlrm_probability: np.ndarray,
                  popularity: np.ndarray, hits: np.ndarray, num_relevant: np.ndarray, top_n: int,
-                 valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-user recall@N and ndcg@N (``[orders, users]`` each) of every candidate order of the same candidates.
+                 valid: np.ndarray, candidate_rows: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """Per-user recall@N and ndcg@N (``[orders, users]`` each) of every candidate order of the same candidates,
+    and with ``candidate_rows`` each order's catalogue coverage (distinct items in the users' top N).
 
     ``valid`` marks real candidates (a -1 item row is never ranked above a real one).
     """
-    recall, ndcg = [], []
+    recall, ndcg, coverage = [], [], []
     for blend in candidates:
         score = np.where(valid, blend.combine(retrieval, dlrm_probability, popularity), -np.inf)
-        per_user = order_metrics(hits, np.argsort(-score, axis=1, kind="stable"), num_relevant, top_n)
+        order = np.argsort(-score, axis=1, kind="stable")
+        per_user = order_metrics(hits, order, num_relevant, top_n)
         recall.append(per_user["recall"])
         ndcg.append(per_user["ndcg"])
+        if candidate_rows is not None:
+            listed = np.take_along_axis(candidate_rows, order[:, :top_n], axis=1)
+            coverage.append(len(np.unique(listed[listed >= 0])))
+    if candidate_rows is not None:
+        return np.stack(recall), np.stack(ndcg), np.asarray(coverage, dtype=np.float64)
     return np.stack(recall), np.stack(ndcg)
 
 
@@ -141,23 +148,31 @@ def choose(candidates: list[Blend], retrieval: np.ndarray, dlrm_probability: np.
 
 
 def pick(candidates: list[Blend], recall_matrix: np.ndarray, ndcg_matrix: np.ndarray, top_n: int,
-         seed: int = 0) -> tuple[Blend, list[dict], dict[str, Any]]:
+         seed: int = 0, coverage: np.ndarray | None = None,
+         min_coverage_ratio: float = 0.0) -> tuple[Blend, list[dict], dict[str, Any]]:
     """The order with the best mean recall@N (earliest on ties), every order's figures, and a 2-fold check.
 
-    ``candidates[0]`` is the reference (the retrieval order). The check repeats the choice on one half of the
-    users and measures it on the other: an honest estimate of what choosing on validation gains over the
-    retrieval order, free of the optimism of measuring on the fitting users.
+    ``candidates[0]`` is the reference (the retrieval order). With ``coverage`` (distinct items each order lists)
+    only orders covering at least ``min_coverage_ratio`` of the reference's catalogue are eligible: an order
+    that wins recall by showing everyone the same popular items is not chosen. The check repeats the choice
+    on one half of the users and measures it on the other: an honest estimate of what choosing on validation
+    gains over the retrieval order, free of the optimism of measuring on the fitting users.
     """
     from ..evaluation.metrics import mean_ci95
 
     means = recall_matrix.mean(axis=1)
-    best = int(np.flatnonzero(means >= means.max() - 1e-12)[0])
+    eligible = np.ones(len(candidates), dtype=bool) if coverage is None else \
+        coverage >= min_coverage_ratio * coverage[0] - 1e-9
+    eligible[0] = True
+    best = int(np.flatnonzero(eligible & (means >= means[eligible].max() - 1e-12))[0])
     table = []
     for index, blend in enumerate(candidates):
         _, difference_ci = mean_ci95(recall_matrix[index] - recall_matrix[0])
         table.append({"name": blend.name, "weights": blend.weights, "half_life_days": blend.half_life_days,
                       f"recall@{top_n}": round(float(means[index]), 5),
                       f"ndcg@{top_n}": round(float(ndcg_matrix[index].mean()), 5),
+                      **({} if coverage is None else {"coverage_vs_retrieval_order": round(
+                          float(coverage[index] / max(coverage[0], 1.0)), 4), "eligible": bool(eligible[index])}),
                       "recall_minus_retrieval_order_ci95": [round(x, 5) for x in difference_ci]})
     fold = np.random.default_rng(seed).integers(0, 2, recall_matrix.shape[1])
     gains = np.zeros(recall_matrix.shape[1])
@@ -165,7 +180,7 @@ def pick(candidates: list[Blend], recall_matrix: np.ndarray, ndcg_matrix: np.nda
         fitting, held_out = fold != half, fold == half
         if fitting.any() and held_out.any():
             fitted_means = recall_matrix[:, fitting].mean(axis=1)
-            choice = int(np.flatnonzero(fitted_means >= fitted_means.max() - 1e-12)[0])
+            choice = int(np.flatnonzero(eligible & (fitted_means >= fitted_means[eligible].max() - 1e-12))[0])
             gains[held_out] = recall_matrix[choice, held_out] - recall_matrix[0, held_out]
     gain, gain_ci = mean_ci95(gains)
     check = {"what": f"recall@{top_n} gain over retrieval order of the order chosen on the other half of the users",
@@ -207,7 +222,7 @@ def fit_blend(catalog: Any, ranker: Any, valid_dir: Path, settings: Any, kernel:
                             "blend on; set scoring.blend=retrieval (or dlrm) to skip the fit")
     retrieved = retrieve(catalog, relevant.eval_users, settings.top_k, kernel)
     half_lives = [0.0, *(h for h in settings.popularity_half_lives_days if catalog.item_days is not None)]
-    candidates, recall, ndcg = [], [], []
+    candidates, recall, ndcg, coverage = [], [], [], []
     for half_life in half_lives:
         prior_of_item = catalog.prior(half_life)
         candidate_rows, retrieval_scores = with_popular_candidates(catalog, relevant.eval_users, *retrieved,
@@ -221,13 +236,15 @@ def fit_blend(catalog: Any, ranker: Any, valid_dir: Path, settings: Any, kernel:
                                        ("popularity", prior))}
         orders = [Blend(b.weights, scales, b.name, b.half_life_days) for b in grid(half_life)]
         hits = hits_csr(candidate_rows, relevant.indptr, relevant.items)
-        order_recall, order_ndcg = score_orders(orders, retrieval_scores, dlrm_probability, prior, hits,
-                                                relevant.counts, settings.top_n, is_candidate)
+        order_recall, order_ndcg, order_coverage = score_orders(orders, retrieval_scores, dlrm_probability, prior,
+                                                                hits, relevant.counts, settings.top_n, is_candidate,
+                                                                candidate_rows)
         candidates += orders
         recall.append(order_recall)
         ndcg.append(order_ndcg)
+        coverage.append(order_coverage)
     best, table, check = pick(candidates, np.concatenate(recall), np.concatenate(ndcg), settings.top_n,
-                              settings.blend_seed)
+                              settings.blend_seed, np.concatenate(coverage), settings.min_coverage_ratio)
     n = settings.top_n
     by_name = {row["name"]: row for row in table}
     recall = {name: row[f"recall@{n}"] for name, row in by_name.items()}
