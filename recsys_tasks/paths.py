@@ -51,6 +51,12 @@ class RunPaths:
         """The planted generator's click model (latent factors, exposure), for the oracle."""
         return self.raw / "truth.npz"
 
+    @property
+    def item_days(self) -> Path:
+        """Daily partitions only: clicks per (raw item id, day) of the training days, for the blend's
+        time-decayed popularity prior (:mod:`recsys_tasks.scoring.popularity`)."""
+        return self.raw / "item_days.parquet"
+
     # stage 2
     @property
     def processed(self) -> Path:

@@ -46,6 +46,7 @@ def _day(value: str) -> str:
 
 
 Ints = Annotated[tuple[int, ...], BeforeValidator(_split_ints), NoDecode]
+PositiveFloats = Annotated[tuple[Annotated[float, Field(gt=0)], ...], BeforeValidator(_split_ints), NoDecode]
 Day = Annotated[str, BeforeValidator(lambda v: v.isoformat() if isinstance(v, datetime.date) else v),
                 AfterValidator(_day)]
 
@@ -229,11 +230,31 @@ class ScoringConfig:
     (their training clicks: the default, for impression logs, where an item shown and not clicked may
     still be clicked later) or ``interacted`` (every item they were shown in training: use it for
     rating-derived data, where every rating is an impression and a rated movie is not recommended again)."""
+    history: Literal["train", "window"] = "window"
+    """Which days the published lists know: ``window`` (default) every day of the window, so items a user
+    clicked (or, with ``exclude=interacted``, was shown) in the validation days are excluded too and the
+    popularity prior counts the newest days; ``train`` the training days only. The blend fit and the quality
+    gate always use the training days, on the validation days' clicks: with ``window`` the gate judges the
+    lists the same models and blend give from the training days (recsys_tasks/scoring/catalog.py)."""
     blend: Literal["fit", "retrieval", "dlrm"] = "fit"
     """Final order of each user's K candidates (:mod:`recsys_tasks.scoring.blend`): ``fit`` (default) picks, on a
     sample of validation users, the best by recall@N of the retrieval order, the DLRM order and blends of the
     retrieval score, DLRM logit and log popularity, so the published order never loses to retrieval order on
     validation; ``retrieval`` or ``dlrm`` force that order without a fit."""
+    popularity_half_lives_days: PositiveFloats = (7.0, 28.0)
+    """Half-lives (days) of the time-decayed popularity priors the blend fit tries beside the all-time one
+    (:mod:`recsys_tasks.scoring.popularity`); daily partitions only (other sources have no days); empty: all
+    time only."""
+    popular_candidates: NonNegativeInt = 20
+    """Most popular unseen items (under the blend's prior) added to each user's ``top_k`` retrieved candidates,
+    so the blend can promote an item the Two-Tower did not retrieve; 0: retrieved candidates only."""
+    min_coverage_ratio: Annotated[float, Field(ge=0, le=1)] = 0.25
+    """The blend fit only chooses orders whose lists (on the fitting users) cover at least this share of the
+    distinct items the retrieval order's cover: a guard against a collapse to everyone getting the same
+    items (at 1M planted users the DLRM order once covered 4% of the catalogue). Not a diversity target:
+    on MovieLens-100K the trend-weighted orders that win on validation cover about half of what the
+    retrieval order covers (0.48-0.55 on 75 users), and a guard of 0.8 cut test recall@20 from 0.238 to
+    0.150 (docs/quality-and-gate.md)."""
     blend_sample_users: NonNegativeInt = 5000
     """Validation users (known from training, seeded sample) the blend is fitted on; 0 means all."""
     blend_seed: int = 7

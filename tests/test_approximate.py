@@ -93,7 +93,7 @@ def test_score_stage_with_an_approximate_index_shared_by_its_shards(pipeline_run
 
     config, paths, _ = pipeline_run
     target = RunPaths(tmp_path / "run")
-    for directory in (paths.retrieval, paths.ranking, paths.retrieval_train, paths.valid):
+    for directory in (paths.retrieval, paths.ranking, paths.retrieval_train, paths.retrieval_valid, paths.valid):
         shutil.copytree(directory, target.root / directory.relative_to(paths.root))
     approximate = config.with_overrides({"scoring.retrieval_kernel": "hnsw", "scoring.num_shards": 2})
     plan = plan_shards(approximate, target.root)

@@ -82,7 +82,7 @@ def test_small_bench_quality_runs_the_pipeline_and_reads_redis(tmp_path, capsys)
     assert cli_main(argv) == 0
     assert "| this project, published (read back from Redis) |" in capsys.readouterr().out
     result = json.loads((out / "quality.json").read_text())
-    methods = {"published", "retrieval_order", "popularity", "item_knn", "ease"}
+    methods = {"published", "retrieval_order", "popularity", "recent_popularity", "item_knn", "ease"}
     methods |= {"als", "bpr"} if implicit_available() else set()
     assert set(result["results"]) == methods
     split = result["split"]

@@ -11,8 +11,8 @@ from recsys_tasks.data.sources import RAW_COLUMNS
 from recsys_tasks.features.tables import read_processed
 
 
-def raw_clicks(paths) -> set[tuple[int, int]]:
-    raw = pd.read_parquet(paths.raw_train)
+def raw_clicks(paths, splits=("train",)) -> set[tuple[int, int]]:
+    raw = pd.concat([pd.read_parquet(paths.raw_train if s == "train" else paths.raw_valid) for s in splits])
     clicked = raw[raw["click"] == 1]
     return set(zip(clicked["user_id"].astype(int), clicked["item_id"].astype(int)))
 
@@ -111,31 +111,41 @@ def test_score_covers_every_user_with_valid_lists(pipeline_run):
 
 
 def test_score_matches_a_per_user_reference(pipeline_run):
-    """Brute force per user (numpy retrieval, one DLRM call per user, the plan's blend) gives the same lists."""
+    """Brute force per user (numpy retrieval, one DLRM call per user, the plan's blend) gives the same lists.
+
+    The published lists know the whole window (``scoring.history=window``): every click of the training and
+    validation days is excluded and counted in the popularity prior, whose most popular unseen items join the
+    retrieved candidates (``scoring.popular_candidates``).
+    """
     import tensorflow as tf
 
     from recsys_tasks.scoring.stage import plan_blend, read_plan
     from recsys_tasks.training.ranking import load_dlrm
 
     config, paths, _ = pipeline_run
+    assert config.scoring.history == "window" and config.scoring.popular_candidates > 0
     blend = plan_blend(read_plan(paths))
-    clickers = pd.DataFrame(sorted(raw_clicks(paths)), columns=["user", "item"])["item"].value_counts()
+    seen = raw_clicks(paths, ("train", "valid"))
+    clickers = pd.DataFrame(sorted(seen), columns=["user", "item"])["item"].value_counts()
     users = pd.read_parquet(paths.user_features)
     items = pd.read_parquet(paths.item_features)
     user_emb = pd.read_parquet(paths.user_embeddings).drop(columns="user_id").to_numpy()
     item_emb = pd.read_parquet(paths.item_embeddings).drop(columns="item_id").to_numpy()
     recs = pq.read_table(paths.recommendations).to_pandas().set_index("user_id")
-    seen = raw_clicks(paths)
     model = load_dlrm(paths.dlrm)
     k, n = config.scoring.top_k, config.scoring.top_n
+    item_prior = np.log1p(items["item_id_raw"].map(clickers).fillna(0).to_numpy())
+    popular_order = np.argsort(-item_prior, kind="stable")
     for row in range(0, len(users), max(1, len(users) // 12)):
         user = users.iloc[row]
         raw_uid = int(user["user_id_raw"])
         affinity = item_emb @ user_emb[row]
         affinity[[i for i, raw in enumerate(items["item_id_raw"]) if (raw_uid, int(raw)) in seen]] = -np.inf
-        candidates = np.argsort(-affinity, kind="stable")[:k]
+        retrieved = np.argsort(-affinity, kind="stable")[:k]
+        popular = [i for i in popular_order if np.isfinite(affinity[i]) and i not in set(retrieved)]
+        candidates = np.concatenate([retrieved, popular[:config.scoring.popular_candidates]]).astype(int)
         frame = items.iloc[candidates].reset_index(drop=True)
-        inputs = {c: np.full(k, user[c]) for c in users.columns if c != "user_id_raw"}
+        inputs = {c: np.full(len(candidates), user[c]) for c in users.columns if c != "user_id_raw"}
         inputs.update({c: frame[c].to_numpy() for c in items.columns if c != "item_id_raw"})
         probabilities = np.asarray(
             model({c: tf.constant(v.reshape(-1, 1)) for c, v in inputs.items()}, training=False)
@@ -157,12 +167,13 @@ def test_scoring_does_not_depend_on_chunk_size(pipeline_run, chunk_size):
     from recsys_tasks.training.ranking import load_dlrm
 
     config, paths, _ = pipeline_run
-    catalog = load_catalog(paths)
+    catalog = load_catalog(paths, config.scoring.exclude, config.scoring.history)
     model = load_dlrm(paths.dlrm)
     blend = plan_blend(read_plan(paths))
     count = min(40, catalog.num_users)
     results = [
-        score_chunk(catalog, model, rows, config.scoring.top_k, config.scoring.top_n, 333, blend=blend)
+        score_chunk(catalog, model, rows, config.scoring.top_k, config.scoring.top_n, 333, blend=blend,
+                    popular_candidates=config.scoring.popular_candidates)
         for rows in iter_user_chunks(count, chunk_size)
     ]
     got = [r for chunk in results for r in chunk["recommendations"]]

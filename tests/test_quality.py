@@ -319,34 +319,49 @@ def shuffled_ranking_run(source_root, root, config):
     return run_stage("evaluate", config, root)
 
 
-def test_shuffled_ranking_is_refused_with_nothing_written(evaluated_run, tmp_path, redis_client):
+@pytest.mark.parametrize("history", ["train", "window"])
+def test_shuffled_ranking_is_refused_with_nothing_written(evaluated_run, tmp_path, redis_client, history):
+    """With ``scoring.history=train`` the gate's figures are the written lists' own: below the retrieval order.
+    With ``window`` they are the training days' lists, so the written ones must reproduce from the window."""
     from recsys_tasks.cli import run_stage
 
     config, paths, _ = evaluated_run
+    config = config.with_overrides({"scoring.history": history})
     report = shuffled_ranking_run(paths.root, tmp_path / "shuffled", config)
-    assert report["lists"]["paired_difference"]["retrieval_order"]["recall_at_n"]["ci95"][1] < 0
-    with pytest.raises(QualityGateError, match=r"published_vs_retrieval_order: published recall@\d+ 0\.\d+ vs "
-                                               r"retrieval order") as err:
+    if history == "train":
+        assert report["lists"]["paired_difference"]["retrieval_order"]["recall_at_n"]["ci95"][1] < 0
+        refusal = r"published_vs_retrieval_order: published recall@\d+ 0\.\d+ vs retrieval order"
+    else:
+        assert report["lists"]["written_lists_reproduced"]["share"] < 0.5
+        refusal = r"written_lists_reproduced: 0\.\d+ of \d+ evaluated users' written lists"
+    with pytest.raises(QualityGateError, match=refusal) as err:
         run_stage("load_redis", config, tmp_path / "shuffled", redis_client=redis_client, run_id="shuffled")
     assert "Redis was not touched" in str(err.value)
     assert redis_client.dbsize() == 0
 
 
 def test_lists_worse_than_the_live_run_are_refused(evaluated_run, tmp_path, redis_client):
-    """The live run (found through the manifest: its run id names a sibling run directory) is the yardstick."""
+    """The live run (found through the manifest: its run id names a sibling run directory) is the yardstick.
+
+    With ``scoring.history=train`` the shuffled written lists are the ones judged against the live ones."""
     from recsys_tasks.cli import run_stage
 
     config, paths, _ = evaluated_run
-    shutil.copytree(paths.root, tmp_path / "live")
+    config = config.with_overrides({"scoring.history": "train"})
+    base = tmp_path / "base"
+    shutil.copytree(paths.root, base)
+    for name in ("score", "evaluate"):
+        run_stage(name, config, base)
+    shutil.copytree(base, tmp_path / "live")
     published = run_stage("load_redis", config, tmp_path / "live", redis_client=redis_client, run_id="live")
     assert published["quality_gate"]["live"] == {"skipped": "no run is published yet"}
     # Judged against the live lists, the same lists again are not worse (difference exactly 0).
-    shutil.copytree(paths.root, tmp_path / "same")
+    shutil.copytree(base, tmp_path / "same")
     again = run_stage("load_redis", config, tmp_path / "same", redis_client=redis_client, run_id="same")
     live = again["quality_gate"]["live"]
     assert live["run_dir"] == str(tmp_path / "live") and live["recall_at_n_difference"]["mean"] == 0.0
     before = redis_snapshot(redis_client)
-    shuffled_ranking_run(paths.root, tmp_path / "worse", config)
+    shuffled_ranking_run(base, tmp_path / "worse", config)
     relaxed = config.with_overrides({"quality.min_recall_lift": 0.0})
     with pytest.raises(QualityGateError, match=r"published_vs_live: published recall@\d+ 0\.\d+ vs the live lists "
                                                r"0\.\d+ of .*same") as err:

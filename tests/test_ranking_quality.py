@@ -97,3 +97,14 @@ def test_live_lists_are_judged_on_this_runs_users_with_the_fallback_for_users_wi
     assert out["live_recall_at_n"] == pytest.approx(2 / 3)
     assert out["recall_at_n_difference"]["mean"] == pytest.approx((0.0 + 1.0 - 1.0) / 3)
     assert out["ndcg_at_n_difference"]["mean"] == pytest.approx((1.0 - 1 / np.log2(3) + 1.0 - 1.0) / 3)
+
+
+def test_an_order_covering_too_little_of_the_catalogue_is_not_chosen():
+    from recsys_tasks.scoring.blend import pick
+
+    orders = [RETRIEVAL_ORDER, DLRM_ORDER, Blend({"retrieval": 1.0, "dlrm": 0.0, "popularity": 1.0}, name="p")]
+    recall = np.array([[0.2, 0.3], [0.3, 0.4], [0.9, 0.9]])  # the popular order wins recall by far
+    coverage = np.array([100.0, 60.0, 10.0])  # but lists only 10% of what the retrieval order lists
+    best, table, _ = pick(orders, recall, recall, 20, coverage=coverage, min_coverage_ratio=0.25)
+    assert best.name == DLRM_ORDER.name and [row["eligible"] for row in table] == [True, True, False]
+    assert pick(orders, recall, recall, 20, coverage=coverage, min_coverage_ratio=0.0)[0].name == "p"

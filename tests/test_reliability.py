@@ -352,7 +352,7 @@ def test_rerunning_score_on_the_same_inputs_gives_the_same_recommendations(pipel
 
     config, source, _ = pipeline_run
     copy = RunPaths(tmp_path / "rerun")
-    for part in (source.retrieval, source.ranking, source.retrieval_train, source.valid):
+    for part in (source.retrieval, source.ranking, source.retrieval_train, source.retrieval_valid, source.valid):
         shutil.copytree(part, copy.root / part.relative_to(source.root))
     score(config, copy.root)
     score(config, copy.root)  # a task retry: clears its own output and writes it again

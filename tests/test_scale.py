@@ -12,9 +12,10 @@ import pytest
 from recsys_tasks.config import Config
 from recsys_tasks.data.planted import generate_planted, planted_parts
 from recsys_tasks.data.sources import generate_data, split_rows
-from recsys_tasks.evaluation.evaluate import mask_seen, rank_by_popularity, rank_catalog, sample_user_rows, seen_keys
+from recsys_tasks.evaluation.evaluate import mask_seen, rank_by_popularity, rank_catalog
 from recsys_tasks.evaluation.lists import list_quality
 from recsys_tasks.evaluation.metrics import RowLookup, auc_ci95, mean_ci95, relevant_items, top_k_rows
+from recsys_tasks.evaluation.validation_sample import sample_user_rows, seen_keys
 from recsys_tasks.scoring.catalog import Catalog, seen_csr
 
 SMALL = {"data.num_rows": 5_000, "data.num_users": 300, "data.num_items": 120}

@@ -16,7 +16,7 @@ from recsys_tasks.paths import RunPaths
 
 def scoring_inputs(paths: RunPaths, target: RunPaths) -> RunPaths:
     """A fresh run directory holding only what scoring reads, copied from the session run."""
-    for directory in (paths.retrieval, paths.ranking, paths.retrieval_train, paths.valid):
+    for directory in (paths.retrieval, paths.ranking, paths.retrieval_train, paths.retrieval_valid, paths.valid):
         shutil.copytree(directory, target.root / directory.relative_to(paths.root))
     return target
 

@@ -121,6 +121,7 @@ def copy_scoring_inputs(pipeline_run, tmp_path, *, with_ranking=True):
     paths = RunPaths(tmp_path / "run")
     shutil.copytree(source.retrieval, paths.retrieval)
     shutil.copytree(source.retrieval_train, paths.retrieval_train)
+    shutil.copytree(source.retrieval_valid, paths.retrieval_valid)
     if with_ranking:
         shutil.copytree(source.ranking, paths.ranking)
     return paths

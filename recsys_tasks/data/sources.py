@@ -210,6 +210,22 @@ def _write_parts(files: list[Path], rows_by_file: dict[Path, int], columns: list
     return len(groups)
 
 
+def _write_item_days(files: list[tuple[str, Any, Path]], target: Path) -> None:
+    """Clicks per (raw item id, day) of each (split, day, file): what the time-decayed popularity prior of
+    scoring needs to know about time (the models see no timestamp)."""
+    import pandas as pd
+
+    frames = [pd.DataFrame({"item_id": np.zeros(0, np.int64), "day": np.zeros(0, np.int32),
+                            "split": np.zeros(0, object), "clicks": np.zeros(0, np.int64)})]
+    for split, day, file in files:
+        frame = pd.read_parquet(file, columns=["item_id", "click"])
+        clicks = frame[frame["click"] == 1].groupby("item_id").size()
+        frames.append(pd.DataFrame({"item_id": clicks.index.to_numpy(dtype=np.int64), "day": np.int32(day.toordinal()),
+                                    "split": split, "clicks": clicks.to_numpy(dtype=np.int64)}))
+    table = pd.concat(frames, ignore_index=True)
+    table.groupby(["item_id", "day", "split"], as_index=False)["clicks"].sum().to_parquet(target, index=False)
+
+
 def _read_partitions(settings: DataConfig, paths: RunPaths) -> dict[str, Any]:
     """The run's window of daily partitions: every file checked first, then copied (train days, then valid)
     as parts of up to ``data.part_rows`` rows; empty days are counted in the window summary."""
@@ -236,6 +252,8 @@ def _read_partitions(settings: DataConfig, paths: RunPaths) -> dict[str, Any]:
         users = pd.concat([pd.read_parquet(f, columns=["user_id"]) for _, _, f in files])["user_id"].nunique()
         splits[name] = {"rows": int(sum(rows_by_day[d] for d in days)), "files": len(files), "parts": parts,
                         "users": int(users)}
+    _write_item_days([(split, day, file) for split, days in (("train", plan.train_days), ("valid", plan.valid_days))
+                      for day in days for file in plan.files[day] if rows_by_file[file]], paths.item_days)
     window = {**plan.describe(), "rows": {name: split["rows"] for name, split in splits.items()},
               "rows_per_day": {d.isoformat(): int(r) for d, r in rows_by_day.items()},
               "empty_days": [d.isoformat() for d, r in rows_by_day.items() if r == 0]}

@@ -43,7 +43,14 @@ from ..config import Config
 from ..paths import RunPaths, recommendation_files, require
 from ..runtime import InputDataError, get_logger, quiet_tensorflow, read_summary, stage
 from .counterfactual import TruthLookup, counterfactual_report
-from .lists import flat_lists, list_quality, published_list_metrics, read_lists
+from .lists import (
+    flat_lists,
+    list_quality,
+    published_list_metrics,
+    read_lists,
+    reproduced_share,
+    training_days_lists,
+)
 from .live import save_sample
 from .metrics import (  # noqa: F401  (re-exported: the metric functions' historical home)
     Relevant,
@@ -64,12 +71,12 @@ from .metrics import (  # noqa: F401  (re-exported: the metric functions' histor
     retrieval_metrics,
     top_k_rows,
 )
+from .validation_sample import column_values, iter_parquet, read_sampled_validation, seen_keys
 
 log = get_logger("evaluate")
 
 SCORE_CHUNK_ELEMENTS = 1 << 24
 """Users x items scores held at once while ranking the catalog (64 MB in float32)."""
-READ_BATCH_ROWS = 1 << 20
 PRIOR_STAGES = ("generate_data", "transform", "fit_retrieval", "fit_ranking", "score")
 
 
@@ -82,67 +89,6 @@ def recommendations_fingerprint(path: Path) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
-
-
-def _iter_parquet(directory: Path, columns: list[str]) -> Any:
-    """Record batches of the given columns from every parquet part of a directory."""
-    import pyarrow.parquet as pq
-
-    for file in sorted(directory.glob("*.parquet")):
-        yield from pq.ParquetFile(file).iter_batches(batch_size=READ_BATCH_ROWS, columns=columns)
-
-
-def _column(batch: Any, name: str) -> np.ndarray:
-    return batch.column(name).to_numpy(zero_copy_only=False)
-
-
-def seen_keys(catalog: Any) -> np.ndarray:
-    """Sorted ``user_row * items + item_row`` of every training click (the catalog's seen CSR)."""
-    users = np.repeat(np.arange(catalog.num_users, dtype=np.int64), np.diff(catalog.seen_indptr))
-    return users * catalog.num_items + catalog.seen_items
-
-
-# --------------------------------------------------------------------------------------------------
-# The sample of validation users and their rows
-# --------------------------------------------------------------------------------------------------
-
-
-def sample_user_rows(pool: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """A seeded sample (sorted) of ``size`` of the pool's user rows; the whole pool when ``size`` is 0 or larger."""
-    pool = np.unique(pool)
-    if size <= 0 or size >= len(pool):
-        return pool
-    return np.sort(np.random.default_rng(seed).choice(pool, size=size, replace=False))
-
-
-def read_sampled_validation(valid_dir: Path, users: RowLookup, items: RowLookup, size: int, seed: int,
-                            columns: list[str]) -> tuple[Any, dict[str, int]]:
-    """Two streaming passes over validation: the known users in it, then the rows of a sample of them.
-
-    Returns the sampled users' rows (``columns`` plus ``user_row`` and ``item_row``, -1 for unknown
-    items) and the sample's counts.
-    """
-    import pandas as pd
-
-    pool_parts = []
-    for batch in _iter_parquet(valid_dir, ["user_id_raw"]):
-        rows = users.rows(_column(batch, "user_id_raw"))
-        pool_parts.append(np.unique(rows[rows >= 0]))
-    pool = np.unique(np.concatenate([np.zeros(0, np.int64), *pool_parts]))
-    sample = sample_user_rows(pool, size, seed)
-    frames = []
-    for batch in _iter_parquet(valid_dir, sorted({*columns, "user_id_raw", "item_id_raw", "click"})):
-        rows = users.rows(_column(batch, "user_id_raw"))
-        keep = np.isin(rows, sample)
-        if keep.any():
-            frame = batch.to_pandas()[keep]
-            frame["user_row"] = rows[keep]
-            frame["item_row"] = items.rows(frame["item_id_raw"].to_numpy())
-            frames.append(frame)
-    valid = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    counts = {"known_users_in_validation": int(len(pool)), "users_sampled": int(len(sample)),
-              "sample_size_setting": int(size), "sample_seed": int(seed)}
-    return valid, counts
 
 
 # --------------------------------------------------------------------------------------------------
@@ -198,19 +144,26 @@ def popularity_scores(paths: RunPaths, items: RowLookup, num_items: int) -> np.n
     """Training clicks per catalog item, impressions as a tiny tie-breaker (streamed from parquet)."""
     clicks = np.zeros(num_items)
     shown = np.zeros(num_items)
-    for batch in _iter_parquet(require(paths.train, "transform"), ["item_id_raw", "click"]):
-        rows = items.rows(_column(batch, "item_id_raw"))
+    for batch in iter_parquet(require(paths.train, "transform"), ["item_id_raw", "click"]):
+        rows = items.rows(column_values(batch, "item_id_raw"))
         known = rows >= 0
-        clicks += np.bincount(rows[known], weights=_column(batch, "click")[known], minlength=num_items)
+        clicks += np.bincount(rows[known], weights=column_values(batch, "click")[known], minlength=num_items)
         shown += np.bincount(rows[known], minlength=num_items)
     return clicks + 1e-6 * shown
 
 
-def _predict_ranking(paths: RunPaths, valid: Any, features: list[str], batch_rows: int) -> np.ndarray:
-    from ..scoring.ranker import rank_pairs
-    from ..training.ranking import load_dlrm
+def _fallback_popularity(catalog: Any, popularity: np.ndarray, blend: dict[str, Any] | None) -> np.ndarray:
+    """What the fallback list is ranked by: training clicks, or with a time-decayed blend prior the decayed
+    clicks (all-time clicks break ties)."""
+    half_life = float(((blend or {}).get("chosen") or {}).get("half_life_days", 0.0))
+    if not half_life:
+        return popularity
+    return np.expm1(catalog.prior(half_life)) + 1e-6 * popularity
 
-    model = load_dlrm(require(paths.dlrm, "fit_ranking"))
+
+def _predict_ranking(model: Any, valid: Any, features: list[str], batch_rows: int) -> np.ndarray:
+    from ..scoring.ranker import rank_pairs
+
     inputs = {c: valid[c].to_numpy() for c in features}
     return rank_pairs(model, inputs, batch_rows)
 
@@ -223,7 +176,7 @@ def _predict_ranking(paths: RunPaths, valid: Any, features: list[str], batch_row
 @stage("evaluate")
 def evaluate(config: Config, paths: RunPaths) -> dict[str, Any]:
     quiet_tensorflow()
-    from ..scoring.catalog import load_catalog
+    from ..scoring.catalog import load_catalog, with_history
 
     top_k, top_n = config.scoring.top_k, config.scoring.top_n
     cutoffs = sorted({*config.evaluate.cutoffs, top_k})
@@ -274,7 +227,10 @@ def evaluate(config: Config, paths: RunPaths) -> dict[str, Any]:
     retrieval.setdefault("oracle", None)
 
     # Ranking on every validation impression of the sampled users.
-    predictions = _predict_ranking(paths, valid, ranking_features, config.scoring.rank_batch_rows)
+    from ..training.ranking import load_dlrm
+
+    model = load_dlrm(require(paths.dlrm, "fit_ranking"))
+    predictions = _predict_ranking(model, valid, ranking_features, config.scoring.rank_batch_rows)
     labels = valid["click"].to_numpy()
     item_rows = valid["item_row"].to_numpy()
     popularity_of_row = np.where(item_rows >= 0, popularity[np.maximum(item_rows, 0)], 0.0)
@@ -297,11 +253,25 @@ def evaluate(config: Config, paths: RunPaths) -> dict[str, Any]:
     # Every published list's shape; the sampled users' lists against retrieval order alone.
     lists = read_lists(paths)
     quality, list_rows = list_quality(lists, catalog, users, items, seen, top_n)
-    # The popularity list published for unknown users.
-    popular_rows = np.argsort(-popularity, kind="stable")[:top_n]
+    # The popularity list published for unknown users: under the blend's prior (time-decayed when it was chosen).
+    fallback_popularity = _fallback_popularity(catalog, popularity, read_summary(paths, "score").get("blend"))
+    popular_rows = np.argsort(-fallback_popularity, kind="stable")[:top_n]
     references = {"retrieval_order": ranked["model"], "popularity": ranked["popularity"]}
-    published, published_per_user = published_list_metrics(list_rows, relevant, references, popular_rows,
+    judged = list_rows
+    if config.scoring.history == "window":
+        # The published lists also know the validation days; judged on them is what the same models and blend
+        # publish from the training days alone (scoring.history). What is written must be what the same code
+        # gives from the whole window: recomputed for these users and compared list by list.
+        judged = {"user_rows": relevant.eval_users,
+                  "item_rows": training_days_lists(config, paths, catalog, relevant.eval_users, model)}
+        window = with_history(catalog, paths, config.scoring.exclude, "window")
+        quality["written_lists_reproduced"] = reproduced_share(
+            list_rows, relevant.eval_users, training_days_lists(config, paths, window, relevant.eval_users, model))
+    published, published_per_user = published_list_metrics(judged, relevant, references, popular_rows,
                                                             catalog.num_users, top_n)
+    published["judged"] = ("the lists the run's models and blend publish from the training days (scoring.history="
+                           "window: the published ones also exclude the validation days' items and count them in "
+                           "the popularity prior)" if judged is not list_rows else "the published lists")
     quality.update(published)
     counterfactual = None
     if truth is not None:
@@ -312,7 +282,8 @@ def evaluate(config: Config, paths: RunPaths) -> dict[str, Any]:
                 published_per_user, top_n)
     fallback = {
         "recommendations": [int(x) for x in catalog.item_features["item_id_raw"][popular_rows]],
-        "scores": [round(float(popularity[r]) / max(float(popularity.sum()), 1e-12), 6) for r in popular_rows],
+        "scores": [round(float(fallback_popularity[r]) / max(float(fallback_popularity.sum()), 1e-12), 6)
+                   for r in popular_rows],
     }
     paths.fallback_list.write_text(json.dumps(fallback))
 

@@ -15,6 +15,10 @@ It reads the run's ``report.json`` (written by ``evaluate``) and refuses to publ
 * ``published_vs_live``: they are below the lists that are live now (the manifest's run, read from its
   run directory, on this run's validation users and clicks) beyond the paired 95% interval: the
   blessing of TFX's Evaluator. Skipped, with the reason recorded, when nothing comparable is live;
+* ``written_lists_reproduced``: with ``scoring.history=window`` the figures above are those of the lists the
+  run's models and blend give from the training days; the lists actually written (which also know the
+  validation days) must then be what the same code gives from the whole window, recomputed for the
+  evaluated users: refused when fewer than 99% of them match;
 * ``report_matches``: the report was computed on other recommendations than those about to be
   published (``score`` ran again after ``evaluate``).
 
@@ -36,6 +40,8 @@ from ..runtime import get_logger
 log = get_logger("load_redis")
 
 RECALL_CUTOFF = "10"
+REPRODUCED_SHARE = 0.99
+"""Written lists that must equal their recomputation (not 1.0: two items of equal score at the N-th place)."""
 
 
 class QualityGateError(RuntimeError):
@@ -130,6 +136,13 @@ def run_checks(
         ),
     ]
     checks.extend(published_checks(lists, live))
+    reproduced = lists.get("written_lists_reproduced")
+    if reproduced is not None:
+        checks.append(_check(
+            "written_lists_reproduced", reproduced["share"] >= REPRODUCED_SHARE,
+            f"{reproduced['share']:.4f} of {reproduced['users']} evaluated users' written lists are what the run's "
+            f"models and blend give from the window (needs >= {REPRODUCED_SHARE:g}; first different user row "
+            f"{reproduced['first_different_user_row']})"))
     if recommendations_sha256 is not None:
         checks.append(
             _check(

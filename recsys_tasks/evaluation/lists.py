@@ -136,3 +136,42 @@ def _per_user(rows: np.ndarray, relevant: Relevant, top_n: int) -> dict[str, tup
         mean, interval = mean_ci95(values)
         out[metric] = (mean, interval, values)
     return out
+
+
+def training_days_lists(config: Any, paths: RunPaths, catalog: Any, user_rows: np.ndarray, model: Any) -> np.ndarray:
+    """``[users, top_n]`` item rows (-1 pads): what scoring publishes for ``user_rows`` with ``catalog``'s history,
+    the run's plan (kernel, blend) and ``model`` (the DLRM), through the same :func:`score_chunk`."""
+    from ..scoring.candidates import attach_index
+    from ..scoring.ranker import make_ranker
+    from ..scoring.stage import plan_blend, read_plan, score_chunk
+
+    settings = config.scoring
+    plan = read_plan(paths)
+    blend, kernel = plan_blend(plan), plan.get("retrieval_kernel", "auto")
+    if kernel in ("ivf", "hnsw") and catalog.ann_index is None:
+        attach_index(catalog, kind=kernel, settings=settings, path=require(paths.ann_index(kernel), "score"))
+    ranker = make_ranker(model, catalog, settings.rank_batch_rows, settings.factored_ranking) \
+        if blend is None or blend.uses_dlrm else None
+    items = RowLookup(catalog.item_features["item_id_raw"])
+    out = np.full((len(user_rows), settings.top_n), -1, dtype=np.int64)
+    for start in range(0, len(user_rows), settings.user_chunk_size):
+        chunk = np.asarray(user_rows[start:start + settings.user_chunk_size])
+        lists = score_chunk(catalog, ranker, chunk, settings.top_k, settings.top_n, settings.rank_batch_rows, kernel,
+                            blend, settings.popular_candidates)["recommendations"]
+        for offset, items_raw in enumerate(lists):
+            out[start + offset, :len(items_raw)] = items.rows(np.asarray(items_raw, dtype=np.int64))
+    return out
+
+
+def reproduced_share(list_rows: dict[str, Any], user_rows: np.ndarray, recomputed: np.ndarray) -> dict[str, Any]:
+    """How many of ``user_rows``' written lists hold exactly the items recomputed for them (as sets: two items
+    of equal score may swap places), and the first user row whose list differs."""
+    position = np.full(int(max(list_rows["user_rows"].max(initial=-1), user_rows.max(initial=-1))) + 1, -1)
+    known = list_rows["user_rows"] >= 0
+    position[list_rows["user_rows"][known]] = np.flatnonzero(known)
+    where = position[user_rows]
+    written = np.full(recomputed.shape, -1, dtype=np.int64)
+    written[where >= 0] = list_rows["item_rows"][where[where >= 0]][:, :recomputed.shape[1]]
+    same = (np.sort(written, axis=1) == np.sort(recomputed, axis=1)).all(axis=1) & (where >= 0)
+    return {"users": int(len(user_rows)), "share": float(same.mean()) if len(same) else 1.0,
+            "first_different_user_row": int(user_rows[~same][0]) if (~same).any() else None}

@@ -92,3 +92,14 @@ def retrieve(catalog: Catalog, user_rows: np.ndarray, k: int, kernel: str = "aut
     top_rows = top_rows.astype(np.int64)
     top_rows[np.isneginf(top_scores)] = -1
     return top_rows, top_scores
+
+
+def with_popular_candidates(catalog: Catalog, user_rows: np.ndarray, candidate_rows: np.ndarray,
+                            retrieval_scores: np.ndarray, prior: np.ndarray,
+                            count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The retrieved candidates followed by up to ``count`` popular ones under ``prior`` that the user has not seen
+    and that were not retrieved (:func:`recsys_tasks.scoring.popularity.add_popular_candidates`)."""
+    from .popularity import add_popular_candidates
+
+    return add_popular_candidates(candidate_rows, retrieval_scores, catalog.user_embeddings, catalog.item_embeddings,
+                                  prior, catalog.seen_indptr, catalog.seen_items, np.asarray(user_rows), count)

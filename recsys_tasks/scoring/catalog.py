@@ -30,6 +30,9 @@ class Catalog:
     seen_items: np.ndarray
     item_clickers: np.ndarray | None = None
     """Distinct users who clicked each item row in training (None: count the seen CSR, i.e. clicks)."""
+    item_days: Any = None
+    """Training clicks per (item row, day) (:class:`~recsys_tasks.scoring.popularity.ItemDays`), for the
+    time-decayed popularity prior; None when the source has no days."""
     ann_index: Any = None
     """The FAISS index of :mod:`recsys_tasks.scoring.kernels.ann` when scoring retrieves approximately."""
 
@@ -43,11 +46,21 @@ class Catalog:
 
     @cached_property
     def popularity_prior(self) -> np.ndarray:
-        """``log(1 + distinct users who clicked the item in training)`` per item row (the blend's prior)."""
-        clickers = self.item_clickers
-        if clickers is None:
-            clickers = np.bincount(self.seen_items, minlength=self.num_items)
-        return np.log1p(clickers.astype(np.float64))
+        """``log(1 + distinct users who clicked the item in training)`` per item row (the all-time prior)."""
+        return self.prior(0.0)
+
+    def prior(self, half_life_days: float) -> np.ndarray:
+        """The blend's popularity prior per item row: all time (``half_life_days`` 0) or time-decayed
+        (:func:`recsys_tasks.scoring.popularity.prior`); computed once per half-life."""
+        from .popularity import prior
+
+        cache = self.__dict__.setdefault("_priors", {})
+        if half_life_days not in cache:
+            clickers = self.item_clickers
+            if clickers is None:
+                clickers = np.bincount(self.seen_items, minlength=self.num_items)
+            cache[half_life_days] = prior(clickers, self.item_days, half_life_days)
+        return cache[half_life_days]
 
     @cached_property
     def packed_items(self) -> np.ndarray:
@@ -105,13 +118,16 @@ def seen_csr(user_rows: np.ndarray, item_rows: np.ndarray, num_users: int) -> tu
 EXCLUDE_POLICIES = ("clicked", "interacted")
 
 
-def load_catalog(paths: RunPaths, exclude: str = "clicked") -> Catalog:
+HISTORIES = ("train", "window")
+
+
+def load_catalog(paths: RunPaths, exclude: str = "clicked", history: str = "train") -> Catalog:
     """The run's catalog; ``exclude`` (``scoring.exclude``) names what a user's lists may not hold:
-    ``clicked`` their training clicks, ``interacted`` every item they were shown (or rated) in training."""
+    ``clicked`` their clicks, ``interacted`` every item they were shown (or rated); ``history``
+    (``scoring.history``) which days count: ``train`` the training days, ``window`` every day of the window
+    (validation days included), see :func:`with_history`."""
     import pandas as pd
 
-    if exclude not in EXCLUDE_POLICIES:
-        raise ValueError(f"unknown exclusion policy {exclude!r} (clicked or interacted)")
     users = pd.read_parquet(require(paths.user_features, "fit_retrieval"))
     items = pd.read_parquet(require(paths.item_features, "fit_retrieval"))
     user_ids = users["user_id"].to_numpy()
@@ -124,25 +140,65 @@ def load_catalog(paths: RunPaths, exclude: str = "clicked") -> Catalog:
     check_unique_ids(item_ids, "item_id", paths.item_features)
     check_finite(user_embeddings, paths.user_embeddings)
     check_finite(item_embeddings, paths.item_embeddings)
-    clicks = read_processed(require(paths.retrieval_train, "transform"), columns=["user_id", "item_id"])
-    user_rows = _row_lookup(user_ids)[clicks["user_id"].to_numpy()]
-    item_rows = _row_lookup(item_ids)[clicks["item_id"].to_numpy()]
-    indptr, seen_items = seen_csr(user_rows, item_rows, len(user_ids))
-    clickers = np.bincount(seen_items, minlength=len(item_ids))
-    if exclude == "interacted":
-        shown = read_processed(require(paths.train, "transform"), columns=["user_id", "item_id"])
-        shown_users = _rows_or_missing(_row_lookup(user_ids), shown["user_id"].to_numpy())
-        shown_items = _rows_or_missing(_row_lookup(item_ids), shown["item_id"].to_numpy())
-        known = (shown_users >= 0) & (shown_items >= 0)
-        indptr, seen_items = seen_csr(np.concatenate([user_rows, shown_users[known]]),
-                                      np.concatenate([item_rows, shown_items[known]]), len(user_ids))
-    return Catalog(
+    catalog = Catalog(
         # The tables' columns are the run's input contract (id, declared features, raw id).
         user_features={c: as_column(users[c].to_numpy()) for c in users.columns},
         item_features={c: as_column(items[c].to_numpy()) for c in items.columns},
         user_embeddings=user_embeddings,
         item_embeddings=item_embeddings,
-        seen_indptr=indptr,
-        seen_items=seen_items,
-        item_clickers=clickers,
+        seen_indptr=np.zeros(len(user_ids) + 1, dtype=np.int64),
+        seen_items=np.zeros(0, dtype=np.int64),
     )
+    return with_history(catalog, paths, exclude, history)
+
+
+def with_history(catalog: Catalog, paths: RunPaths, exclude: str, history: str) -> Catalog:
+    """The catalog (embeddings and tables shared) with the seen items and popularity of ``history``'s days.
+
+    ``train``: what the models were validated with; the blend fit and the gate use it, since the
+    validation days' clicks are what they are judged on. ``window``: what the published lists use, so an item
+    a user rated in the validation days is not recommended to them again and the popularity prior includes
+    the newest days.
+    """
+    if exclude not in EXCLUDE_POLICIES:
+        raise ValueError(f"unknown exclusion policy {exclude!r} (clicked or interacted)")
+    if history not in HISTORIES:
+        raise ValueError(f"unknown history {history!r} (train or window)")
+    import dataclasses
+
+    from .popularity import read_item_days
+
+    users, items = _row_lookup(catalog.user_features["user_id"]), _row_lookup(catalog.item_features["item_id"])
+    days = {"train": [("retrieval_train", "train")], "window": [("retrieval_train", "train"),
+                                                                ("retrieval_valid", "valid")]}[history]
+    click_users, click_items, clicker_ids, shown_users, shown_items = [], [], [], [], []
+    for clicks_dir, impressions_dir in days:
+        clicks = read_processed(require(getattr(paths, clicks_dir), "transform"),
+                                columns=["user_id", "user_id_raw", "item_id"])
+        click_users.append(_rows_or_missing(users, clicks["user_id"].to_numpy()))
+        click_items.append(_rows_or_missing(items, clicks["item_id"].to_numpy()))
+        clicker_ids.append(clicks["user_id_raw"].to_numpy())
+        if exclude == "interacted":
+            shown = read_processed(require(getattr(paths, impressions_dir), "transform"),
+                                   columns=["user_id", "item_id"])
+            shown_users.append(_rows_or_missing(users, shown["user_id"].to_numpy()))
+            shown_items.append(_rows_or_missing(items, shown["item_id"].to_numpy()))
+    user_rows, item_rows = np.concatenate(click_users), np.concatenate(click_items)
+    clicker_raw = np.concatenate(clicker_ids)
+    # Popularity counts every distinct clicker of a known item, users the models do not know included (a
+    # validation day's new users: their ids are all Categorify's out-of-vocabulary one, their raw ids differ).
+    item_known = item_rows >= 0
+    pairs = np.unique(np.stack([clicker_raw[item_known], item_rows[item_known]], axis=1), axis=0)
+    clickers = np.bincount(pairs[:, 1], minlength=catalog.num_items)
+    known = (user_rows >= 0) & item_known
+    user_rows, item_rows = user_rows[known], item_rows[known]
+    indptr, seen_items = seen_csr(user_rows, item_rows, catalog.num_users)
+    if exclude == "interacted":
+        shown_user_rows, shown_item_rows = np.concatenate(shown_users), np.concatenate(shown_items)
+        known = (shown_user_rows >= 0) & (shown_item_rows >= 0)
+        indptr, seen_items = seen_csr(np.concatenate([user_rows, shown_user_rows[known]]),
+                                      np.concatenate([item_rows, shown_item_rows[known]]), catalog.num_users)
+    item_days = read_item_days(paths.item_days, catalog.item_features["item_id_raw"],
+                               ("train",) if history == "train" else ("train", "valid"))
+    return dataclasses.replace(catalog, seen_indptr=indptr, seen_items=seen_items, item_clickers=clickers,
+                               item_days=item_days, ann_index=catalog.ann_index)

@@ -36,8 +36,8 @@ from ..runtime import (
     write_summary,
 )
 from .blend import Blend, fit_blend, fixed_blend
-from .candidates import attach_index, retrieval_kernel, retrieve
-from .catalog import Catalog, embedding_matrix, load_catalog
+from .candidates import attach_index, retrieval_kernel, retrieve, with_popular_candidates
+from .catalog import Catalog, embedding_matrix, load_catalog, with_history
 from .ranker import make_ranker, pair_features, rank_pairs
 
 log = get_logger("score")
@@ -45,14 +45,19 @@ log = get_logger("score")
 
 def score_chunk(
     catalog: Catalog, model: Any, user_rows: np.ndarray, top_k: int, top_n: int, rank_batch_rows: int,
-    kernel: str = "auto", blend: Blend | None = None,
+    kernel: str = "auto", blend: Blend | None = None, popular_candidates: int = 0,
 ) -> dict[str, Any]:
     """Recommendations for one chunk of users: raw user ids, raw item ids best first, their final scores.
 
     ``model`` is the DLRM (run whole on every pair) or a ranker of :mod:`recsys_tasks.scoring.ranker`;
-    ``blend`` the final order (None: the DLRM order, whose scores are click probabilities).
+    ``blend`` the final order (None: the DLRM order, whose scores are click probabilities);
+    ``popular_candidates`` popular items under the blend's prior join the retrieved candidates.
     """
     candidate_rows, retrieval_scores = retrieve(catalog, user_rows, top_k, kernel)
+    if blend is not None:
+        candidate_rows, retrieval_scores = with_popular_candidates(
+            catalog, user_rows, candidate_rows, retrieval_scores, catalog.prior(blend.half_life_days),
+            popular_candidates)
     probabilities = None
     if blend is None or blend.uses_dlrm:
         if callable(model) and not hasattr(model, "predict"):
@@ -64,7 +69,8 @@ def score_chunk(
         ranked = probabilities
     else:
         retrieval_scores = np.where(candidate_rows >= 0, retrieval_scores, 0.0)
-        ranked = blend.combine(retrieval_scores, probabilities, catalog.popularity_prior[np.maximum(candidate_rows, 0)])
+        ranked = blend.combine(retrieval_scores, probabilities,
+                               catalog.prior(blend.half_life_days)[np.maximum(candidate_rows, 0)])
     ranked[candidate_rows < 0] = -np.inf
     # Stable sort keeps retrieval order between equal DLRM scores.
     order = np.argsort(-ranked, axis=1, kind="stable")[:, :top_n]
@@ -151,14 +157,25 @@ def plan_shards(config: Config, run_dir: str | Path, inputs: tuple[Catalog, Any]
         write_index(index, paths.ann_index(kernel))
         plan["ann_index"] = str(paths.ann_index(kernel))
     plan["retrieval_kernel"] = kernel
-    if config.scoring.blend == "fit":
-        catalog, model = inputs if inputs is not None else _load_inputs(paths, config.scoring)
+    settings = config.scoring
+    catalog = inputs[0] if inputs is not None else None
+    if settings.blend == "fit":
+        catalog, model = inputs if inputs is not None else _load_inputs(paths, settings)
         if kernel in ("ivf", "hnsw") and catalog.ann_index is None:
-            attach_index(catalog, kind=kernel, settings=config.scoring, path=paths.ann_index(kernel))
-        ranker = make_ranker(model, catalog, config.scoring.rank_batch_rows, config.scoring.factored_ranking)
-        plan["blend"] = fit_blend(catalog, ranker, require(paths.valid, "transform"), config.scoring, kernel)
+            attach_index(catalog, kind=kernel, settings=settings, path=paths.ann_index(kernel))
+        # Fitted on what the models were validated with: the training days (the validation days are the targets).
+        validated = with_history(catalog, paths, settings.exclude, "train")
+        ranker = make_ranker(model, validated, settings.rank_batch_rows, settings.factored_ranking)
+        plan["blend"] = fit_blend(validated, ranker, require(paths.valid, "transform"), settings, kernel)
     else:
-        plan["blend"] = fixed_blend(config.scoring.blend)
+        plan["blend"] = fixed_blend(settings.blend)
+    plan["window_users"] = 0
+    if settings.history == "window":
+        from .window_users import write_window_part
+
+        catalog = catalog if catalog is not None else load_catalog(paths, settings.exclude, settings.history)
+        plan["window_users"] = write_window_part(catalog, paths, settings.exclude, plan_blend(plan), settings.top_n,
+                                                 recommendations_schema())
     write_json(paths.scoring_plan, plan)
     log.info("scoring plan: %d users in %d shard(s)", users, num_shards)
     return plan
@@ -199,7 +216,7 @@ def _score_part(
         for chunk_start in range(0, len(rows), settings.user_chunk_size):
             user_rows = rows[chunk_start:chunk_start + settings.user_chunk_size]
             chunk = score_chunk(catalog, ranker, user_rows, settings.top_k, settings.top_n, settings.rank_batch_rows,
-                                kernel, blend)
+                                kernel, blend, settings.popular_candidates)
             writer.write_table(pa.Table.from_pydict(chunk, schema=schema))
             users_done += len(user_rows)
             short_lists += sum(len(r) < settings.top_n for r in chunk["recommendations"])
@@ -225,7 +242,7 @@ def _load_inputs(paths: RunPaths, settings: Any) -> tuple[Catalog, Any]:
     # The model first: restoring a SavedModel briefly takes ~1 GB more than the loaded model holds, so
     # doing it before the catalog exists keeps a million users' tables out of the stage's peak memory.
     model = load_dlrm(require(paths.dlrm, "fit_ranking"))
-    catalog = load_catalog(paths, settings.exclude)
+    catalog = load_catalog(paths, settings.exclude, settings.history)
     if catalog.num_items < settings.top_n:
         raise InputDataError(
             f"{paths.item_features}: the catalog has {catalog.num_items} items, fewer than "
@@ -263,6 +280,10 @@ def collect_parts(config: Config, paths: RunPaths) -> dict[str, Any]:
 
     plan = read_plan(paths)
     expected = {paths.recommendation_part(i) for i in range(plan["num_shards"])}
+    if plan.get("window_users"):
+        from .window_users import window_part
+
+        expected.add(window_part(paths))
     present = set(paths.recommendations.glob("*.parquet"))
     if present - expected:
         raise ShardError(
@@ -272,14 +293,19 @@ def collect_parts(config: Config, paths: RunPaths) -> dict[str, Any]:
     missing = sorted(i for i in range(plan["num_shards"]) if paths.recommendation_part(i) not in present)
     if missing:
         raise ShardError(f"{paths.recommendations}: shard(s) {missing} of {plan['num_shards']} have no part yet")
+    if expected - present:
+        raise ShardError(f"{paths.recommendations}: {sorted(p.name for p in expected - present)} written by the "
+                         "plan is missing; plan and score again")
     shards = [json.loads(require(paths.shard_summary(i), "score").read_text()) for i in range(plan["num_shards"])]
     rows = sum(pq.read_metadata(part).num_rows for part in expected)
-    if rows != plan["users"]:
-        raise ShardError(f"{paths.recommendations}: the parts hold {rows} users, the plan has {plan['users']}")
+    planned = plan["users"] + plan.get("window_users", 0)
+    if rows != planned:
+        raise ShardError(f"{paths.recommendations}: the parts hold {rows} users, the plan has {planned}")
     busiest = max(s["seconds"] for s in shards)
     catalog_items = pq.read_metadata(paths.item_features).num_rows
     return {
         "users": rows,
+        "window_users": int(plan.get("window_users", 0)),
         "items": int(catalog_items),
         "top_k": config.scoring.top_k,
         "top_n": config.scoring.top_n,

@@ -252,7 +252,7 @@ def write_confirmed(client: Any, path: Any, settings: StoreConfig, run_fields: d
 
     ``generation_us`` is when the load took its lock (the fence's generation; default: the server's
     time now). Returns the counts of :func:`recsys_tasks.store.writer.write_documents` plus ``replicas``
-    (per master: required and acknowledged), ``verified`` (``"read back"``, ``"WAIT"`` or ``"off"``) and
+    (per master: required and acknowledged), ``verified`` (``"read back"`` or ``"off"``) and
     ``read_back_replayed`` (documents written again after the read-back).
     """
     fence = None
@@ -295,20 +295,14 @@ def write_confirmed(client: Any, path: Any, settings: StoreConfig, run_fields: d
 
 
 def _verification(writer: PipelinedWriter, settings: StoreConfig, replicas: dict[str, dict[str, int]]) -> str:
-    """How the acknowledged writes are confirmed: ``"read back"`` (every key), ``"WAIT"`` or ``"off"``.
+    """How the acknowledged writes are confirmed: ``"read back"`` (every key, the default) or ``"off"``.
 
-    The read-back is left out only when ``WAIT`` already covers every acknowledged write: each master
-    has at least one replica and confirmed, on the connection that made them, every write of the load,
-    and no connection was lost and no row redirected or replayed (a failover, a restart or a slot moving
-    all do one of these). A lone node (nothing confirms its writes) and every disturbed load read back
-    every key. Measured: the read-back was about a third of the fence's cost on a replicated cluster
-    (docs/store-durability.md).
+    Every key is read back even when ``WAIT`` confirmed every write of an undisturbed load: ``WAIT`` says the
+    replicas received the writes, not that the documents are there now (a third party's ``DEL``, an
+    eviction between write and manifest), and the manifest promises they are. The read-back is one
+    ``PEXPIRETIME`` per key, about a third of the fence's server cost (docs/store-durability.md).
     """
-    if not settings.verify_writes:
-        return "off"
-    confirmed = bool(replicas) and all(v["required"] >= 1 and v["acknowledged"] >= v["required"]
-                                       for v in replicas.values())
-    return "WAIT" if confirmed and not writer.disturbed else "read back"
+    return "read back" if settings.verify_writes else "off"
 
 
 def write_manifest(client: Any, lock: Any, settings: StoreConfig, document: str) -> dict[str, int]:

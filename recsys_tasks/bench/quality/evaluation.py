@@ -11,7 +11,7 @@ import numpy as np
 
 from ...evaluation.metrics import hits_matrix, mean_ci95, ndcg_per_user, recall_per_user
 from ...runtime import get_logger
-from .peers import peer_grids, top_n
+from .peers import peer_grids, recent_popularity, top_n
 
 log = get_logger("bench_quality")
 
@@ -38,6 +38,14 @@ def csr(frame: Any, users: Index, items: Index) -> Any:
         shape=(len(users.raw), len(items.raw)))
     matrix.data[:] = 1.0  # duplicates summed: back to binary
     return matrix
+
+
+def click_ages(frame: Any, items: Index) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each click's item column and age in days before the frame's last day (for the time-decayed popularity)."""
+    clicks = frame[frame["rating"] >= RATING_THRESHOLD]
+    days = np.array([d.toordinal() for d in clicks["day"]], dtype=np.float64)
+    last = max(d.toordinal() for d in frame["day"])
+    return items.rows(clicks["item_id"].to_numpy()), last - days, len(items.raw)
 
 
 def relevant_clicks(history: Any, target: Any) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -72,14 +80,14 @@ def tune_and_rank_peers(ratings: Any, n: int, quick: bool, seed: int) -> dict[st
     test_users, test_relevant = relevant_clicks(before_test, ratings[ratings["part"] == "test"])
     stages = {
         "valid": (csr(train[train["rating"] >= RATING_THRESHOLD], users, items), csr(train, users, items),
-                  users.rows(valid_users)),
+                  users.rows(valid_users), click_ages(train, items)),
         "test": (csr(before_test[before_test["rating"] >= RATING_THRESHOLD], users, items),
-                 csr(before_test, users, items), users.rows(test_users)),
+                 csr(before_test, users, items), users.rows(test_users), click_ages(before_test, items)),
     }
 
     def ranked(fit: Any, params: dict[str, Any], stage: str) -> np.ndarray:
-        clicks, rated, rows = stages[stage]
-        scorer = fit(clicks, **params)
+        clicks, rated, rows, ages = stages[stage]
+        scorer = fit(ages if fit is recent_popularity else clicks, **params)
         best = top_n(scorer(rows), rated.indptr, rated.indices, rows, n)
         return np.where(best >= 0, items.raw[np.maximum(best, 0)], -1)
 

@@ -1,7 +1,9 @@
 """The classic recommenders the published lists are judged against, each tuned on validation only:
-popularity, item-kNN (cosine), EASE (closed form, numpy) and, with the ``peers`` extra, implicit's ALS and BPR.
+popularity (all time and time-decayed), item-kNN (cosine), EASE (closed form, numpy) and, with the ``peers``
+extra, implicit's ALS and BPR.
 
-Every peer fits a binary user x item click matrix and returns a scorer ``user rows -> item scores``;
+Every peer but the time-decayed popularity (which needs each click's age) fits a binary user x item click
+matrix and returns a scorer ``user rows -> item scores``;
 ranking and exclusion of already-rated items are shared (:func:`top_n`), so every peer excludes the same.
 """
 
@@ -19,6 +21,14 @@ Scorer = Callable[[np.ndarray], np.ndarray]
 
 def popularity(clicks: Any) -> Scorer:
     counts = np.asarray(clicks.sum(axis=0), dtype=np.float64).ravel()
+    return lambda rows: np.tile(counts, (len(rows), 1))
+
+
+def recent_popularity(click_ages: tuple[np.ndarray, np.ndarray, int], half_life_days: float) -> Scorer:
+    """Clicks weighted by ``0.5 ** (days before the last day / half_life_days)``: ``click_ages`` is each click's
+    item column, its age in days and the number of items (the pipeline's time-decayed prior, as a peer)."""
+    columns, ages, num_items = click_ages
+    counts = np.bincount(columns, weights=np.power(0.5, ages / half_life_days), minlength=num_items)
     return lambda rows: np.tile(counts, (len(rows), 1))
 
 
@@ -86,6 +96,8 @@ def peer_grids(quick: bool) -> dict[str, tuple[Callable[..., Scorer], list[dict[
     """Each peer's fit function and its (small) grid; ``quick`` is the test suite's smaller variant."""
     grids: dict[str, tuple[Callable[..., Scorer], list[dict[str, Any]]]] = {
         "popularity": (popularity, [{}]),
+        "recent_popularity": (recent_popularity, _grid(half_life_days=[7.0, 28.0] if quick else
+                                                       [3.0, 7.0, 14.0, 28.0, 56.0])),
         "item_knn": (item_knn, _grid(neighbours=[20, 100] if quick else [10, 20, 50, 100, 200, 400])),
         "ease": (ease, _grid(l2=[50.0, 500.0] if quick else [10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0])),
     }

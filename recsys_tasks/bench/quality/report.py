@@ -9,9 +9,10 @@ from typing import Any
 
 from ...runtime import write_json
 
-ORDER = ("published", "retrieval_order", "popularity", "item_knn", "als", "bpr", "ease")
+ORDER = ("published", "retrieval_order", "popularity", "recent_popularity", "item_knn", "als", "bpr", "ease")
 LABELS = {"published": "this project, published (read back from Redis)", "retrieval_order": "its retrieval order",
-          "popularity": "popularity", "item_knn": "item-kNN (cosine)", "als": "implicit ALS", "bpr": "implicit BPR",
+          "popularity": "popularity", "recent_popularity": "popularity, time-decayed",
+          "item_knn": "item-kNN (cosine)", "als": "implicit ALS", "bpr": "implicit BPR",
           "ease": "EASE (closed form)"}
 
 
