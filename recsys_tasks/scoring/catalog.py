@@ -152,6 +152,13 @@ def load_catalog(paths: RunPaths, exclude: str = "clicked", history: str = "trai
     return with_history(catalog, paths, exclude, history)
 
 
+def _has_column(directory: Path, column: str) -> bool:
+    import pyarrow.parquet as pq
+
+    files = sorted(directory.glob("*.parquet"))
+    return bool(files) and column in pq.read_schema(files[0]).names
+
+
 def with_history(catalog: Catalog, paths: RunPaths, exclude: str, history: str) -> Catalog:
     """The catalog (embeddings and tables shared) with the seen items and popularity of ``history``'s days.
 
@@ -173,11 +180,13 @@ def with_history(catalog: Catalog, paths: RunPaths, exclude: str, history: str) 
                                                                 ("retrieval_valid", "valid")]}[history]
     click_users, click_items, clicker_ids, shown_users, shown_items = [], [], [], [], []
     for clicks_dir, impressions_dir in days:
-        clicks = read_processed(require(getattr(paths, clicks_dir), "transform"),
-                                columns=["user_id", "user_id_raw", "item_id"])
+        directory = require(getattr(paths, clicks_dir), "transform")
+        # Raw ids tell apart the clickers the models do not know (a copy without them: the encoded ids).
+        clicker = "user_id_raw" if _has_column(directory, "user_id_raw") else "user_id"
+        clicks = read_processed(directory, columns=sorted({"user_id", clicker, "item_id"}))
         click_users.append(_rows_or_missing(users, clicks["user_id"].to_numpy()))
         click_items.append(_rows_or_missing(items, clicks["item_id"].to_numpy()))
-        clicker_ids.append(clicks["user_id_raw"].to_numpy())
+        clicker_ids.append(clicks[clicker].to_numpy().astype(np.int64))
         if exclude == "interacted":
             shown = read_processed(require(getattr(paths, impressions_dir), "transform"),
                                    columns=["user_id", "item_id"])

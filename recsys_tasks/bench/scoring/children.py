@@ -41,8 +41,10 @@ def _child_score(run_dir: Path, top_k: int, top_n: int, chunk_users: int, rank_b
                                       "scoring.rank_batch_rows": rank_batch_rows,
                                       "scoring.retrieval_kernel": kernel,
                                       # Synthetic inputs have no validation window to fit a blend on; the
-                                      # bench measures the DLRM ranking path, as before blends existed.
-                                      "scoring.blend": "dlrm"})
+                                      # bench measures the DLRM ranking path, as before blends existed, over
+                                      # the notebook's candidates (retrieved ones only, training history).
+                                      "scoring.blend": "dlrm", "scoring.history": "train",
+                                      "scoring.popular_candidates": 0})
     started = time.perf_counter()
     summary = score(config, run_dir)
     # The stage's users/s counts scoring only; planning (and an approximate index's build) is one-off per run.
