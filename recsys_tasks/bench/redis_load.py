@@ -88,7 +88,8 @@ def measure_redis(url: str, recommendations: Path, notebook_keys: int, benchmark
     from ..store import build_document, publish, user_key
 
     client = redis.Redis.from_url(url)
-    settings = StoreConfig(key_prefix=BENCH_KEY_PREFIX, manifest_key=BENCH_MANIFEST_KEY,
+    # Its own lock (and so its own fences, ``<lock_key>:FENCE``): a server shared with real loads keeps theirs.
+    settings = StoreConfig(key_prefix=BENCH_KEY_PREFIX, manifest_key=BENCH_MANIFEST_KEY, lock_key="BENCH:LOCK",
                            pipeline_chunk_keys=chunk_keys)
     run_fields = {"run_id": "bench__2026-01-01T00:00:00+00:00", "logical_date": "2026-01-01T00:00:00+00:00",
                   "generated_at": "2026-01-01T00:00:00+00:00"}
