@@ -111,7 +111,8 @@ def test_trends_are_fitted_published_lists_know_the_window_and_the_gate_judges_t
     assert "training days" in report["lists"]["judged"]
     users = RowLookup(train_view.user_features["user_id_raw"])
     sample_users = users.rows(np.array(sorted(frame["user"].unique()))[:20])
-    judged = training_days_lists(config, paths, train_view, sample_users[sample_users >= 0], load_dlrm(paths.dlrm))
+    (judged,) = training_days_lists(config, paths, [train_view], sample_users[sample_users >= 0],
+                                    load_dlrm(paths.dlrm))
     assert (judged >= 0).all()
     window_view = load_catalog(paths, "clicked", "window")
     assert len(window_view.seen_items) > len(train_view.seen_items)

@@ -262,11 +262,11 @@ def evaluate(config: Config, paths: RunPaths) -> dict[str, Any]:
         # The published lists also know the validation days; judged on them is what the same models and blend
         # publish from the training days alone (scoring.history). What is written must be what the same code
         # gives from the whole window: recomputed for these users and compared list by list.
-        judged = {"user_rows": relevant.eval_users,
-                  "item_rows": training_days_lists(config, paths, catalog, relevant.eval_users, model)}
         window = with_history(catalog, paths, config.scoring.exclude, "window")
-        quality["written_lists_reproduced"] = reproduced_share(
-            list_rows, relevant.eval_users, training_days_lists(config, paths, window, relevant.eval_users, model))
+        training_days, whole_window = training_days_lists(config, paths, [catalog, window], relevant.eval_users,
+                                                          model)
+        judged = {"user_rows": relevant.eval_users, "item_rows": training_days}
+        quality["written_lists_reproduced"] = reproduced_share(list_rows, relevant.eval_users, whole_window)
     published, published_per_user = published_list_metrics(judged, relevant, references, popular_rows,
                                                             catalog.num_users, top_n)
     published["judged"] = ("the lists the run's models and blend publish from the training days (scoring.history="

@@ -9,6 +9,7 @@ Used by :mod:`recsys_tasks.evaluation.evaluate`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -138,9 +139,11 @@ def _per_user(rows: np.ndarray, relevant: Relevant, top_n: int) -> dict[str, tup
     return out
 
 
-def training_days_lists(config: Any, paths: RunPaths, catalog: Any, user_rows: np.ndarray, model: Any) -> np.ndarray:
-    """``[users, top_n]`` item rows (-1 pads): what scoring publishes for ``user_rows`` with ``catalog``'s history,
-    the run's plan (kernel, blend) and ``model`` (the DLRM), through the same :func:`score_chunk`."""
+def training_days_lists(config: Any, paths: RunPaths, catalogs: Sequence[Any], user_rows: np.ndarray,
+                        model: Any) -> list[np.ndarray]:
+    """For each catalog, ``[users, top_n]`` item rows (-1 pads): what scoring publishes for ``user_rows`` with that
+    catalog's history, the run's plan (kernel, blend) and ``model`` (the DLRM), through the same
+    :func:`score_chunk`. The catalogs differ only in history, so they share one ranker and one index."""
     from ..scoring.candidates import attach_index
     from ..scoring.ranker import make_ranker
     from ..scoring.stage import plan_blend, read_plan, score_chunk
@@ -148,19 +151,24 @@ def training_days_lists(config: Any, paths: RunPaths, catalog: Any, user_rows: n
     settings = config.scoring
     plan = read_plan(paths)
     blend, kernel = plan_blend(plan), plan.get("retrieval_kernel", "auto")
-    if kernel in ("ivf", "hnsw") and catalog.ann_index is None:
-        attach_index(catalog, kind=kernel, settings=settings, path=require(paths.ann_index(kernel), "score"))
-    ranker = make_ranker(model, catalog, settings.rank_batch_rows, settings.factored_ranking) \
+    first = catalogs[0]
+    if kernel in ("ivf", "hnsw") and first.ann_index is None:
+        attach_index(first, kind=kernel, settings=settings, path=require(paths.ann_index(kernel), "score"))
+    ranker = make_ranker(model, first, settings.rank_batch_rows, settings.factored_ranking) \
         if blend is None or blend.uses_dlrm else None
-    items = RowLookup(catalog.item_features["item_id_raw"])
-    out = np.full((len(user_rows), settings.top_n), -1, dtype=np.int64)
-    for start in range(0, len(user_rows), settings.user_chunk_size):
-        chunk = np.asarray(user_rows[start:start + settings.user_chunk_size])
-        lists = score_chunk(catalog, ranker, chunk, settings.top_k, settings.top_n, settings.rank_batch_rows, kernel,
-                            blend, settings.popular_candidates)["recommendations"]
-        for offset, items_raw in enumerate(lists):
-            out[start + offset, :len(items_raw)] = items.rows(np.asarray(items_raw, dtype=np.int64))
-    return out
+    items = RowLookup(first.item_features["item_id_raw"])
+    results = []
+    for catalog in catalogs:
+        catalog.ann_index = catalog.ann_index if catalog.ann_index is not None else first.ann_index
+        out = np.full((len(user_rows), settings.top_n), -1, dtype=np.int64)
+        for start in range(0, len(user_rows), settings.user_chunk_size):
+            chunk = np.asarray(user_rows[start:start + settings.user_chunk_size])
+            lists = score_chunk(catalog, ranker, chunk, settings.top_k, settings.top_n, settings.rank_batch_rows,
+                                kernel, blend, settings.popular_candidates)["recommendations"]
+            for offset, items_raw in enumerate(lists):
+                out[start + offset, :len(items_raw)] = items.rows(np.asarray(items_raw, dtype=np.int64))
+        results.append(out)
+    return results
 
 
 def reproduced_share(list_rows: dict[str, Any], user_rows: np.ndarray, recomputed: np.ndarray) -> dict[str, Any]:

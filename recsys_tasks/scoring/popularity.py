@@ -72,6 +72,13 @@ def prior(item_clickers: np.ndarray, item_days: ItemDays | None, half_life_days:
     return np.log1p(item_days.decayed_clicks(half_life_days, len(item_clickers)))
 
 
+def first_unblocked(pool: np.ndarray, blocked: np.ndarray, count: int) -> np.ndarray:
+    """``[users, count]``: per row of ``blocked`` (``[users, len(pool)]``), the first ``count`` items of ``pool``
+    (most popular first) not blocked for that user, in pool order; -1 where fewer remain."""
+    picked = np.argsort(blocked, axis=1, kind="stable")[:, :count]
+    return np.where(np.take_along_axis(blocked, picked, axis=1), -1, pool[picked])
+
+
 def add_popular_candidates(
     candidate_rows: np.ndarray, retrieval_scores: np.ndarray, user_vectors: np.ndarray, item_vectors: np.ndarray,
     popularity: np.ndarray, seen_indptr: np.ndarray, seen_items: np.ndarray, user_rows: np.ndarray, count: int,
@@ -92,9 +99,7 @@ def add_popular_candidates(
     seen = hits_csr(offered, np.concatenate([[0], np.cumsum(counts)]), seen_items[gather])
     width = candidate_rows.shape[1]
     retrieved = hits_csr(offered, np.arange(0, len(user_rows) * width + 1, width), candidate_rows.ravel())
-    blocked = seen | retrieved
-    picked = np.argsort(blocked, axis=1, kind="stable")[:, :count]
-    extra = np.where(np.take_along_axis(blocked, picked, axis=1), -1, pool[picked])
+    extra = first_unblocked(pool, seen | retrieved, count)
     vectors = item_vectors[np.maximum(extra, 0)]
     extra_scores = np.einsum("ud,ukd->uk", user_vectors[user_rows], vectors).astype(retrieval_scores.dtype)
     extra_scores[extra < 0] = -np.inf

@@ -33,6 +33,7 @@ def window_user_lists(catalog: Any, paths: RunPaths, exclude: str, blend: Any, t
     of a recommendations part (``user_id_encoded`` -1: the models have no id for them)."""
     from ..evaluation.metrics import RowLookup, hits_csr
     from ..features.tables import read_processed
+    from .popularity import first_unblocked
 
     source = paths.retrieval_valid if exclude == "clicked" else paths.valid
     rows = read_processed(require(source, "transform"), columns=["user_id_raw", "item_id_raw"])
@@ -50,9 +51,7 @@ def window_user_lists(catalog: Any, paths: RunPaths, exclude: str, blend: Any, t
     prior = catalog.prior(half_life)
     pool = np.argsort(-prior, kind="stable")[: top_n + int(counts.max(initial=0))]
     offered = np.broadcast_to(pool, (len(raw_ids), len(pool)))
-    blocked = hits_csr(offered, indptr, pairs[:, 1])
-    picked = np.argsort(blocked, axis=1, kind="stable")[:, :top_n]
-    chosen = np.where(np.take_along_axis(blocked, picked, axis=1), -1, pool[picked])
+    chosen = first_unblocked(pool, hits_csr(offered, indptr, pairs[:, 1]), top_n)
     # The blend's popularity term (or the prior itself for a blend without one), squashed as scoring's scores.
     weight = (blend.weights.get("popularity", 0.0) / blend.scales["popularity"]) if blend is not None else 0.0
     values = 1.0 / (1.0 + np.exp(-(weight or 1.0) * prior))
