@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _terminate(signum, frame):
+    """SIGTERM (a CI timeout, scripts/run_tests.sh stopping its second process) ends the session like ^C,
+    so fixtures tear down: the Redis servers and the native stack are stopped, not orphaned."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+signal.signal(signal.SIGTERM, _terminate)
 
 REPO = Path(__file__).resolve().parents[1]
 
