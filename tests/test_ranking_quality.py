@@ -108,3 +108,25 @@ def test_an_order_covering_too_little_of_the_catalogue_is_not_chosen():
     best, table, _ = pick(orders, recall, recall, 20, coverage=coverage, min_coverage_ratio=0.25)
     assert best.name == DLRM_ORDER.name and [row["eligible"] for row in table] == [True, True, False]
     assert pick(orders, recall, recall, 20, coverage=coverage, min_coverage_ratio=0.0)[0].name == "p"
+
+
+def test_a_winner_by_noise_keeps_the_retrieval_order_a_real_gain_replaces_it():
+    from recsys_tasks.scoring.blend import pick
+
+    rng = np.random.default_rng(3)
+    users = 2000
+    base = rng.binomial(1, 0.3, users).astype(float)
+    # 40 orders that each differ from the retrieval order on a few users by chance: one of them is best.
+    noisy = np.stack([base] + [np.where(rng.random(users) < 0.05, rng.binomial(1, 0.3, users), base)
+                               for _ in range(40)])
+    orders = [RETRIEVAL_ORDER] + [Blend({"retrieval": 1.0, "dlrm": 0.0, "popularity": 0.1 * i}, name=f"o{i}")
+                                  for i in range(1, 41)]
+    best, _, check = pick(orders, noisy, noisy, 20, seed=1)
+    assert best.name != RETRIEVAL_ORDER.name  # without the rule a chance winner replaces the retrieval order
+    best, _, check = pick(orders, noisy, noisy, 20, seed=1, require_significant_gain=True)
+    assert best is RETRIEVAL_ORDER and check["kept_retrieval_order"] and check["ci95"][0] <= 0
+
+    better = noisy.copy()
+    better[7] = np.maximum(base, rng.binomial(1, 0.2, users))  # o7 finds what the retrieval order misses
+    best, _, check = pick(orders, better, better, 20, seed=1, require_significant_gain=True)
+    assert best.name == "o7" and not check["kept_retrieval_order"] and check["ci95"][0] > 0

@@ -90,9 +90,16 @@ def test_trends_are_fitted_published_lists_know_the_window_and_the_gate_judges_t
         run_stage(name, config, run)
     paths = RunPaths(run)
 
-    # The blend fit saw the trend: a decayed prior beats the all-time one on the validation day's clicks.
+    # The blend fit saw the trend: a decayed prior beats the all-time one on the validation day's clicks, and
+    # the order it gives replaces the retrieval order only when the two-fold check puts its gain above 0.
+    fit = read_plan(paths)["blend"]
+    best = max((row for row in fit["candidates"] if row["eligible"]), key=lambda row: row["recall@5"])
+    assert best["half_life_days"] in (1.0, 7.0), fit["reason"]
     blend = plan_blend(read_plan(paths))
-    assert blend.half_life_days in (1.0, 7.0), read_plan(paths)["blend"]["reason"]
+    if fit["two_fold_check"]["ci95"][0] > 0:
+        assert blend.half_life_days in (1.0, 7.0) and not fit["two_fold_check"]["kept_retrieval_order"], fit["reason"]
+    else:
+        assert blend.name == "retrieval order" and "retrieval order kept" in fit["reason"], fit["reason"]
 
     frame = pd.DataFrame(rows, columns=["user", "item", "click", "ts"])
     clicks = frame[frame["click"] == 1]
