@@ -256,8 +256,8 @@ class ScoringConfig:
     retrieval order covers (0.48-0.55 on 75 users), and a guard of 0.8 cut test recall@20 from 0.238 to
     0.150 (docs/quality-and-gate.md)."""
     blend_requires_significant_gain: bool = True
-    """The fitted order replaces the retrieval order only when its gain, chosen on half the fitting users and
-    measured on the other half, has a 95% interval above 0; else the retrieval order is published and the
+    """The fitted order replaces the retrieval order only when its gain, chosen on 4/5 of the fitting users and
+    measured on the other fifth (5 folds), has a 95% interval above 0; else the retrieval order is published and the
     plan's reason says why. At 100k planted users a blend that won by +0.006 recall@20 on 1,951 fitting
     users was level on 8,000 others and covered 79% of the retrieval order's items (docs/quality-and-gate.md)."""
     blend_sample_users: NonNegativeInt = 20_000

@@ -29,7 +29,7 @@ def test_an_uninformative_ranker_leaves_the_retrieval_order():
     assert best.name == "retrieval order" or best.weights["dlrm"] <= 0.5
 
 
-def test_an_informative_ranker_is_chosen_and_the_two_fold_check_sees_its_gain():
+def test_an_informative_ranker_is_chosen_and_the_cross_validated_check_sees_its_gain():
     rng, retrieval, valid, popularity = hand_candidates()
     hits = rng.random(retrieval.shape) < 0.2
     probability = np.where(hits, 0.8, 0.2) + 0.05 * rng.random(retrieval.shape)  # the DLRM knows the clicks

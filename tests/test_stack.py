@@ -159,7 +159,9 @@ def check_mapped_run(stack: dict, run_id: str, shards: int, top_n: int, *, load_
                           "load_redis"}
     assert stage["score"]["num_shards"] == shards and stage["score"]["top_n"] == top_n
     parts = sorted(p.name for p in (run_dir(stack, run_id) / "scoring" / "recommendations").glob("*.parquet"))
-    assert parts == [f"part-{i:05d}.parquet" for i in range(shards)]
+    # One part per shard, plus the validation-only users' part when the day's data has such users.
+    window = ["part-window.parquet"] if stage["score"]["window_users"] else []
+    assert parts == [f"part-{i:05d}.parquet" for i in range(shards)] + window, stage["score"]
     # evaluate ran on a GPU-queue worker (the Merlin image's layer + the install step's matplotlib): plots.
     evaluation = run_dir(stack, run_id) / "evaluation"
     report_md = (evaluation / "report.md").read_text()

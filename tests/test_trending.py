@@ -91,13 +91,13 @@ def test_trends_are_fitted_published_lists_know_the_window_and_the_gate_judges_t
     paths = RunPaths(run)
 
     # The blend fit saw the trend: a decayed prior beats the all-time one on the validation day's clicks, and
-    # the order it gives replaces the retrieval order only when the two-fold check puts its gain above 0.
+    # the order it gives replaces the retrieval order only when the cross-validated check puts its gain above 0.
     fit = read_plan(paths)["blend"]
     best = max((row for row in fit["candidates"] if row["eligible"]), key=lambda row: row["recall@5"])
     assert best["half_life_days"] in (1.0, 7.0), fit["reason"]
     blend = plan_blend(read_plan(paths))
-    if fit["two_fold_check"]["ci95"][0] > 0:
-        assert blend.half_life_days in (1.0, 7.0) and not fit["two_fold_check"]["kept_retrieval_order"], fit["reason"]
+    if fit["check"]["ci95"][0] > 0:
+        assert blend.half_life_days in (1.0, 7.0) and not fit["check"]["kept_retrieval_order"], fit["reason"]
     else:
         assert blend.name == "retrieval order" and "retrieval order kept" in fit["reason"], fit["reason"]
 
