@@ -236,6 +236,12 @@ class ScoringConfig:
     popularity prior counts the newest days; ``train`` the training days only. The blend fit and the quality
     gate always use the training days, on the validation days' clicks: with ``window`` the gate judges the
     lists the same models and blend give from the training days (recsys_tasks/scoring/catalog.py)."""
+    window_users: Literal["fold_in", "popularity"] = "fold_in"
+    """With ``history=window``, the lists of users active only in the validation days (the models have no
+    embedding for them; :mod:`recsys_tasks.scoring.window_users`): ``fold_in`` (default) fits, on known users
+    treated as new, whether the mean embedding of the items they clicked plus a weighted popularity prior
+    beats the popularity list, and uses it only when it does beyond noise; ``popularity`` the popularity list
+    without a fit. Both leave out the user's own items (docs/quality-and-gate.md)."""
     blend: Literal["fit", "retrieval", "dlrm"] = "fit"
     """Final order of each user's K candidates (:mod:`recsys_tasks.scoring.blend`): ``fit`` (default) picks, on a
     sample of validation users, the best by recall@N of the retrieval order, the DLRM order and blends of the

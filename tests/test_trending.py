@@ -43,6 +43,33 @@ def test_popular_candidates_skip_seen_and_retrieved_items_and_score_by_dot_produ
     assert same is retrieved
 
 
+def test_a_window_user_is_folded_in_by_the_items_they_clicked_and_never_gets_them_back():
+    """A user the models do not know, who clicked item 0 of taste A and item 4 of taste B in the validation
+    days, gets the other items of those tastes first; a user with no catalogue click keeps the list given."""
+    from types import SimpleNamespace
+
+    from recsys_tasks.scoring.blend import RETRIEVAL_ORDER, Blend
+    from recsys_tasks.scoring.window_users import fold_in_lists
+
+    taste_a, taste_b, taste_c = np.eye(3, dtype=np.float32)
+    catalog = SimpleNamespace(item_embeddings=np.stack([taste_a, taste_a, taste_a * 0.9, taste_b, taste_b,
+                                                        taste_c, taste_c, taste_c]))
+    prior = np.array([0, 0, 0, 0, 0, 3.0, 2.0, 1.0])  # the taste nobody of the two clicked is the popular one
+    clicked = np.array([[0, 0], [0, 4]])  # user 0 clicked items 0 and 4; user 1 clicked nothing in the catalogue
+    given = np.array([[5, 6, 7, 1], [5, 6, 7, 1]])
+    lists, scores = given.copy(), [np.ones(4), np.ones(4)]
+    assert fold_in_lists(catalog, clicked, clicked, RETRIEVAL_ORDER, prior, 4, lists, scores) == 1
+    assert set(lists[0, :3]) == {1, 2, 3} and lists[0, 3] in (5, 6, 7) and 0 not in lists[0] and 4 not in lists[0]
+    assert lists[0, 0] in (1, 3) and (np.diff(scores[0]) <= 0).all() and ((scores[0] > 0) & (scores[0] < 1)).all()
+    np.testing.assert_array_equal(lists[1], given[1])
+    # A blend that weighs popularity heavily puts the popular taste first, still without the clicked items.
+    trend = Blend({"retrieval": 1.0, "dlrm": 0.0, "popularity": 4.0}, scales={"retrieval": 1.0, "dlrm": 1.0,
+                                                                               "popularity": 0.1})
+    lists = given.copy()
+    fold_in_lists(catalog, clicked, clicked, trend, prior, 4, lists, scores)
+    assert list(lists[0, :3]) == [5, 6, 7] and 0 not in lists[0] and 4 not in lists[0]
+
+
 def _trending_partitions(tmp_path, users=60, items=40, days=10, per_day=150):
     """Daily partitions where taste is weak and what is clicked drifts: each day a new block of items trends.
     Users 1..users click in every day; users above it appear only on the last (validation) day."""
@@ -107,10 +134,13 @@ def test_trends_are_fitted_published_lists_know_the_window_and_the_gate_judges_t
     published = pd.concat([pd.read_parquet(p) for p in sorted(paths.recommendations.glob("*.parquet"))])
     assert not any((u, i) in clicked for u, items in zip(published["user_id"], published["recommendations"])
                    for i in items)
-    # The validation day's new users have documents of their own, the popularity list minus their clicks.
+    # The validation day's new users have documents of their own (folded in by their clicks), minus their clicks.
     new_users = set(range(known_users + 1, known_users + 6))
     assert new_users <= set(published["user_id"]) and read_plan(paths)["window_users"] == len(new_users)
     assert (published.set_index("user_id").loc[sorted(new_users), "recommendations"].map(len) == 5).all()
+    fold_in = read_plan(paths)["window_fold_in"]  # fitted on known users treated as new (scoring.window_users)
+    assert fold_in["candidates"][0]["name"] == "popularity list" and len(fold_in["candidates"]) == 9, fold_in
+    assert (fold_in["chosen"] is None) == fold_in["check"]["kept_popularity_list"] or fold_in["check"]["ci95"][0] > 0
 
     # The gate's figures are those of the training days' lists, which may hold a validation-day click.
     train_view = load_catalog(paths, "clicked", "train")

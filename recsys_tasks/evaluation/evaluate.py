@@ -300,6 +300,7 @@ def evaluate(config: Config, paths: RunPaths) -> dict[str, Any]:
             "items": int(catalog.num_items),
         },
         "blend": summaries.get("score", {}).get("blend"),
+        "window_fold_in": summaries.get("score", {}).get("window_fold_in"),
         "counterfactual": counterfactual,
         "recommendations_sha256": recommendations_fingerprint(paths.recommendations),
         "fallback_list": str(paths.fallback_list),

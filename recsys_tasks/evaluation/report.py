@@ -197,6 +197,8 @@ def markdown(report: dict[str, Any], *, plots: bool = True) -> str:
         "",
         *_published_table(lists),
         *_blend_lines(report.get("blend")),
+        *([f"- validation-only users' lists: {report['window_fold_in']['reason']}"] if report.get("window_fold_in")
+          else []),
         *_counterfactual_table(report.get("counterfactual")),
         f"- {lists['users_with_list']} lists for {lists['catalog_users']} known users "
         f"(coverage {lists['user_coverage']:.4f}), full lists {lists['full_list_share']:.4f}",

@@ -174,8 +174,21 @@ def plan_shards(config: Config, run_dir: str | Path, inputs: tuple[Catalog, Any]
         from .window_users import write_window_part
 
         catalog = catalog if catalog is not None else load_catalog(paths, settings.exclude, settings.history)
-        plan["window_users"] = write_window_part(catalog, paths, settings.exclude, plan_blend(plan), settings.top_n,
-                                                 recommendations_schema())
+        blend = plan_blend(plan)
+
+        def fitted_fold_in() -> Blend | None:
+            from .window_fit import fit_fold_in
+
+            train_view = with_history(catalog, paths, settings.exclude, "train")
+            plan["window_fold_in"] = fit_fold_in(
+                train_view, paths, require(paths.valid, "transform"), blend.half_life_days if blend else 0.0,
+                settings.top_n, settings.blend_seed, settings.blend_requires_significant_gain)
+            chosen = plan["window_fold_in"]["chosen"]
+            return Blend.from_json(chosen) if chosen else None
+
+        plan["window_users"] = write_window_part(
+            catalog, paths, settings.exclude, blend, settings.top_n, recommendations_schema(),
+            fitted_fold_in if settings.window_users == "fold_in" else None)
     write_json(paths.scoring_plan, plan)
     log.info("scoring plan: %d users in %d shard(s)", users, num_shards)
     return plan
@@ -318,6 +331,8 @@ def collect_parts(config: Config, paths: RunPaths) -> dict[str, Any]:
         "generated_at": max(s["generated_at"] for s in shards),
         "recommendations": str(paths.recommendations),
         "blend": plan.get("blend"),
+        "window_fold_in": {k: v for k, v in plan["window_fold_in"].items() if k != "candidates"}
+        if plan.get("window_fold_in") else None,
         "scores": "sigmoid of the blend's score: a ranking score in (0, 1), higher first, comparable within a "
         "list only (not a click probability)" if plan.get("blend") else "DLRM click probability",
     }
