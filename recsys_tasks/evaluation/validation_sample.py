@@ -68,3 +68,16 @@ def read_sampled_validation(valid_dir: Path, users: RowLookup, items: RowLookup,
     counts = {"known_users_in_validation": int(len(pool)), "users_sampled": int(len(sample)),
               "sample_size_setting": int(size), "sample_seed": int(seed)}
     return valid, counts
+
+
+def relevant_clicks(valid: Any, catalog: Any, seen: np.ndarray | None = None) -> Any:
+    """The relevant items of :func:`read_sampled_validation`'s rows: each sampled user's validation clicks on
+    known items, minus what the catalog excludes from their lists (``seen``: :func:`seen_keys`, computed
+    when not given); a :class:`~recsys_tasks.evaluation.metrics.Relevant`."""
+    from .metrics import relevant_items
+
+    is_click = valid["click"].to_numpy() == 1
+    click_items = valid["item_row"].to_numpy()[is_click]
+    known = click_items >= 0
+    return relevant_items(valid["user_row"].to_numpy()[is_click][known], click_items[known],
+                          seen_keys(catalog) if seen is None else seen, catalog.num_items)

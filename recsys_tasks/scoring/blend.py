@@ -213,8 +213,8 @@ def fit_blend(catalog: Any, ranker: Any, valid_dir: Path, settings: Any, kernel:
     ``settings`` is the :class:`~recsys_tasks.config.ScoringConfig`; ``ranker`` maps
     ``(user_rows, candidate_rows)`` to DLRM click probabilities.
     """
-    from ..evaluation.metrics import RowLookup, hits_csr, relevant_items
-    from ..evaluation.validation_sample import read_sampled_validation, seen_keys
+    from ..evaluation.metrics import RowLookup, hits_csr
+    from ..evaluation.validation_sample import read_sampled_validation, relevant_clicks
     from .candidates import retrieve, with_popular_candidates
 
     users = RowLookup(catalog.user_features["user_id_raw"])
@@ -223,11 +223,7 @@ def fit_blend(catalog: Any, ranker: Any, valid_dir: Path, settings: Any, kernel:
                                             settings.blend_seed, [])
     if len(valid) == 0:
         raise BlendFitError(f"{valid_dir}: no validation row of a user known from training to fit the blend on")
-    is_click = valid["click"].to_numpy() == 1
-    click_items = valid["item_row"].to_numpy()[is_click]
-    known = click_items >= 0
-    relevant = relevant_items(valid["user_row"].to_numpy()[is_click][known], click_items[known], seen_keys(catalog),
-                              catalog.num_items)
+    relevant = relevant_clicks(valid, catalog)
     if len(relevant.eval_users) == 0:
         raise BlendFitError(f"{valid_dir}: no validation click of a known user on an unseen known item to fit the "
                             "blend on; set scoring.blend=retrieval (or dlrm) to skip the fit")

@@ -35,8 +35,8 @@ def fit_fold_in(catalog: Any, paths: RunPaths, valid_dir: Path, half_life_days: 
     """The plan's ``window_fold_in`` entry: the chosen order (``chosen``: a blend of ``retrieval`` (the
     fold-in similarity) and ``popularity``, or None for the popularity list), ``reason``, every order's
     figures and the check. ``catalog`` is the training days' view."""
-    from ..evaluation.metrics import RowLookup, hits_csr, ndcg_per_user, recall_per_user, relevant_items
-    from ..evaluation.validation_sample import read_sampled_validation, seen_keys
+    from ..evaluation.metrics import RowLookup, hits_csr, ndcg_per_user, recall_per_user
+    from ..evaluation.validation_sample import read_sampled_validation, relevant_clicks
     from ..features.tables import read_processed
     from .blend import Blend, pick
     from .popularity import first_unblocked
@@ -45,11 +45,7 @@ def fit_fold_in(catalog: Any, paths: RunPaths, valid_dir: Path, half_life_days: 
     users = RowLookup(catalog.user_features["user_id_raw"])
     items = RowLookup(catalog.item_features["item_id_raw"])
     valid, _ = read_sampled_validation(valid_dir, users, items, FIT_USERS, seed, [])
-    is_click = valid["click"].to_numpy() == 1
-    click_items = valid["item_row"].to_numpy()[is_click]
-    known = click_items >= 0
-    relevant = relevant_items(valid["user_row"].to_numpy()[is_click][known], click_items[known], seen_keys(catalog),
-                              catalog.num_items)
+    relevant = relevant_clicks(valid, catalog)
     if len(relevant.eval_users) == 0:
         return {"chosen": None, "reason": "popularity list: no validation click of a known user to fit the fold-in on",
                 "candidates": []}
