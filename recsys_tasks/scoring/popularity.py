@@ -79,6 +79,24 @@ def first_unblocked(pool: np.ndarray, blocked: np.ndarray, count: int) -> np.nda
     return np.where(np.take_along_axis(blocked, picked, axis=1), -1, pool[picked])
 
 
+def popular_unblocked(prior: np.ndarray, indptr: np.ndarray, blocked: np.ndarray, count: int) -> np.ndarray:
+    """``[users, count]``: each user's ``count`` most popular items under ``prior`` that are not among their
+    ``blocked[indptr[u]:indptr[u + 1]]`` item rows (-1 where fewer remain)."""
+    from ..evaluation.metrics import hits_csr
+
+    users = len(indptr) - 1
+    pool = np.argsort(-prior, kind="stable")[: count + int(np.diff(indptr).max(initial=0))]
+    return first_unblocked(pool, hits_csr(np.broadcast_to(pool, (users, len(pool))), indptr, blocked), count)
+
+
+def user_seen(seen_indptr: np.ndarray, seen_items: np.ndarray, user_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The seen CSR of ``user_rows`` alone, in their order: ``(indptr, items)``."""
+    starts, counts = seen_indptr[user_rows], seen_indptr[user_rows + 1] - seen_indptr[user_rows]
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    gather = np.repeat(starts - indptr[:-1], counts) + np.arange(indptr[-1])
+    return indptr, seen_items[gather]
+
+
 def add_popular_candidates(
     candidate_rows: np.ndarray, retrieval_scores: np.ndarray, user_vectors: np.ndarray, item_vectors: np.ndarray,
     popularity: np.ndarray, seen_indptr: np.ndarray, seen_items: np.ndarray, user_rows: np.ndarray, count: int,
@@ -94,9 +112,7 @@ def add_popular_candidates(
     # Enough of the most popular items to fill ``count`` slots after dropping seen and retrieved ones.
     pool = np.argsort(-popularity, kind="stable")[: count * 3 + candidate_rows.shape[1]]
     offered = np.broadcast_to(pool, (len(user_rows), len(pool)))
-    starts, counts = seen_indptr[user_rows], seen_indptr[user_rows + 1] - seen_indptr[user_rows]
-    gather = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(counts.sum())
-    seen = hits_csr(offered, np.concatenate([[0], np.cumsum(counts)]), seen_items[gather])
+    seen = hits_csr(offered, *user_seen(seen_indptr, seen_items, user_rows))
     width = candidate_rows.shape[1]
     retrieved = hits_csr(offered, np.arange(0, len(user_rows) * width + 1, width), candidate_rows.ravel())
     extra = first_unblocked(pool, seen | retrieved, count)

@@ -39,7 +39,7 @@ def fit_fold_in(catalog: Any, paths: RunPaths, valid_dir: Path, half_life_days: 
     from ..evaluation.validation_sample import read_sampled_validation, relevant_clicks
     from ..features.tables import read_processed
     from .blend import Blend, pick
-    from .popularity import first_unblocked
+    from .popularity import popular_unblocked, user_seen
     from .window_users import fold_in_lists
 
     users = RowLookup(catalog.user_features["user_id_raw"])
@@ -56,15 +56,10 @@ def fit_fold_in(catalog: Any, paths: RunPaths, valid_dir: Path, half_life_days: 
     train_items = RowLookup(catalog.item_features["item_id"]).rows(train["item_id"].to_numpy())
     mine = (train_users >= 0) & (train_items >= 0)
     clicked = np.unique(np.stack([train_users[mine], train_items[mine]], axis=1), axis=0).reshape(-1, 2)
-    starts, ends = catalog.seen_indptr[relevant.eval_users], catalog.seen_indptr[relevant.eval_users + 1]
-    blocked = np.stack([np.repeat(np.arange(len(starts)), ends - starts),
-                        np.concatenate([catalog.seen_items[s:e] for s, e in zip(starts, ends)] or [np.zeros(0, int)])],
-                       axis=1).astype(np.int64)
+    seen_indptr, seen_items = user_seen(catalog.seen_indptr, catalog.seen_items, relevant.eval_users)
+    blocked = np.stack([np.repeat(np.arange(len(relevant.eval_users)), np.diff(seen_indptr)), seen_items], axis=1)
     prior = catalog.prior(half_life_days)
-    blocked_csr = np.concatenate([[0], np.cumsum(ends - starts)])
-    pool = np.argsort(-prior, kind="stable")[: top_n + int((ends - starts).max(initial=0))]
-    popular = first_unblocked(pool, hits_csr(np.broadcast_to(pool, (len(starts), len(pool))), blocked_csr,
-                                             blocked[:, 1]), top_n)
+    popular = popular_unblocked(prior, seen_indptr, seen_items, top_n)
     scale = {"retrieval": 1.0, "dlrm": 1.0, "popularity": float(np.std(prior)) or 1.0}
     orders = [Blend({"retrieval": 0.0, "dlrm": 0.0, "popularity": 1.0}, scale, POPULARITY_LIST, half_life_days)]
     orders += [Blend({"retrieval": 1.0, "dlrm": 0.0, "popularity": w}, scale, f"fold-in p={w:g}", half_life_days)

@@ -44,9 +44,9 @@ def window_user_lists(catalog: Any, paths: RunPaths, exclude: str, blend: Any, t
     of a recommendations part (``user_id_encoded`` -1: the models have no id for them). ``fold_in`` is the
     fitted fold-in order (a :class:`~recsys_tasks.scoring.blend.Blend`), None for the popularity lists, or a
     callable giving it, called only when there are such users (the fit costs seconds)."""
-    from ..evaluation.metrics import RowLookup, hits_csr
+    from ..evaluation.metrics import RowLookup
     from ..features.tables import read_processed
-    from .popularity import first_unblocked
+    from .popularity import popular_unblocked
 
     source = paths.retrieval_valid if exclude == "clicked" else paths.valid
     rows = read_processed(require(source, "transform"), columns=["user_id_raw", "item_id_raw"])
@@ -59,13 +59,10 @@ def window_user_lists(catalog: Any, paths: RunPaths, exclude: str, blend: Any, t
         return {"user_id": raw_ids, "recommendations": [], "scores": [], "user_id_encoded": raw_ids}
     known = items >= 0
     pairs = np.unique(np.stack([owner[known], items[known]], axis=1), axis=0)
-    counts = np.bincount(pairs[:, 0], minlength=len(raw_ids))
-    indptr = np.concatenate([[0], np.cumsum(counts)])
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(pairs[:, 0], minlength=len(raw_ids)))])
     half_life = blend.half_life_days if blend is not None else 0.0
     prior = catalog.prior(half_life)
-    pool = np.argsort(-prior, kind="stable")[: top_n + int(counts.max(initial=0))]
-    offered = np.broadcast_to(pool, (len(raw_ids), len(pool)))
-    chosen = first_unblocked(pool, hits_csr(offered, indptr, pairs[:, 1]), top_n)
+    chosen = popular_unblocked(prior, indptr, pairs[:, 1], top_n)
     # The blend's popularity term (or the prior itself for a blend without one), squashed as scoring's scores.
     weight = (blend.weights.get("popularity", 0.0) / blend.scales["popularity"]) if blend is not None else 0.0
     squashed = 1.0 / (1.0 + np.exp(-(weight or 1.0) * prior))
@@ -73,7 +70,8 @@ def window_user_lists(catalog: Any, paths: RunPaths, exclude: str, blend: Any, t
     folded = 0
     fold_in = fold_in() if callable(fold_in) else fold_in
     if fold_in is not None:
-        clicked = _window_clicks(paths, item_lookup, raw_ids)
+        # The clicks are the pairs above when those were read from the clicks (exclude=clicked).
+        clicked = pairs if exclude == "clicked" else _window_clicks(paths, item_lookup, raw_ids)
         folded = fold_in_lists(catalog, clicked, pairs, fold_in, prior, top_n, chosen, scores)
     item_raw = np.asarray(catalog.item_features["item_id_raw"])
     recommendations = [item_raw[r[r >= 0]].tolist() for r in chosen]
@@ -87,14 +85,14 @@ def window_user_lists(catalog: Any, paths: RunPaths, exclude: str, blend: Any, t
 
 def _window_clicks(paths: RunPaths, item_lookup: Any, raw_ids: np.ndarray) -> np.ndarray:
     """``[clicks, 2]`` (index into ``raw_ids``, item row): the window users' validation clicks on catalogue items."""
+    from ..evaluation.metrics import RowLookup
     from ..features.tables import read_processed
 
     clicks = read_processed(require(paths.retrieval_valid, "transform"), columns=["user_id_raw", "item_id_raw"])
-    users = clicks["user_id_raw"].to_numpy().astype(np.int64)
-    position = np.minimum(np.searchsorted(raw_ids, users), len(raw_ids) - 1)
+    owner = RowLookup(raw_ids).rows(clicks["user_id_raw"].to_numpy())
     items = item_lookup.rows(clicks["item_id_raw"].to_numpy())
-    keep = (raw_ids[position] == users) & (items >= 0)
-    return np.unique(np.stack([position[keep], items[keep]], axis=1), axis=0).reshape(-1, 2)
+    keep = (owner >= 0) & (items >= 0)
+    return np.unique(np.stack([owner[keep], items[keep]], axis=1), axis=0).reshape(-1, 2)
 
 
 def fold_in_lists(catalog: Any, clicked: np.ndarray, blocked: np.ndarray, blend: Any, prior: np.ndarray,
