@@ -262,6 +262,9 @@ def test_stop_and_start_keep_the_run_history(stack):
     task_logs = stack_dir / "airflow" / "logs" / f"dag_id={DAG_ID}" / f"run_id={TRIGGERED[0]}"
     assert task_logs.is_dir()
 
+    # The clock goes on at the next start; paused, the DAG gets its scheduled run only when the worker-kill
+    # test unpauses it and watches for a training stage (else the run may finish before that test looks).
+    api.patch(f"/api/v2/dags/{DAG_ID}", {"is_paused": True})
     stack_command("stop", env=env, timeout_s=600)
     status = stack_command("status", env=env, check=False)
     assert status.returncode != 0 and "running" not in status.stdout.replace("STATE", ""), status.stdout
@@ -297,6 +300,7 @@ def test_a_gpu_worker_killed_mid_task_is_replaced_in_minutes(stack):
     (every process of it, as when its machine dies) during a training stage: the scheduler notices the lost
     heartbeat, retries the task on the other worker and the run succeeds; `restart` brings the worker back."""
     api, env = stack["api"], stack["env"]
+    api.patch(f"/api/v2/dags/{DAG_ID}", {"is_paused": False})  # paused since the stop/start test
     deadline = time.monotonic() + 900
     victim = None
     while victim is None:
